@@ -1,0 +1,191 @@
+//! The chain spec (DESIGN §2, §5, §8): the model file's hash and architecture,
+//! the numerics profile, sampling parameters, k, thresholds, the full-check
+//! sample rate, the dispute committee size, limits and the validator set.
+//!
+//! Loading is strict: unknown fields are refused and every value is range
+//! checked with an error naming the field. `chain_id` is the SHA-256 of the
+//! spec's canonical binary encoding, so two nodes agree on it only if they agree
+//! on every value.
+
+mod hex_serde;
+mod validate;
+
+use bincode::Encode;
+use poi_artifact::{canonical_encode, sha256, ChainId, Hash32, PublicKey, SamplingParams};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub use validate::SpecError;
+
+/// The devnet spec shipped with poi and embedded in the binary.
+pub const DEVNET_SPEC_JSON: &str = include_str!("../specs/devnet.json");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode)]
+#[serde(deny_unknown_fields)]
+pub struct ChainSpec {
+    /// A human name; part of the chain id.
+    pub name: String,
+    pub model: ModelSpec,
+    pub numerics: NumericsProfile,
+    pub sampling: SamplingParams,
+    /// How many candidates every generated position logs (`k`). The sampler's
+    /// `top_k` may not exceed it.
+    pub logged_k: u16,
+    pub thresholds: Thresholds,
+    /// The fraction of artifacts each validator fully re-checks (DESIGN §6).
+    pub full_check_rate: f64,
+    pub dispute_committee_size: u32,
+    pub limits: Limits,
+    pub validators: Vec<Validator>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub name: String,
+    /// Where operators obtain the file (never fetched at run time).
+    pub source: String,
+    pub file_name: String,
+    #[serde(with = "hex_serde")]
+    pub file_sha256: Hash32,
+    pub architecture: String,
+    pub n_layers: u32,
+    pub hidden_size: u32,
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub vocab_size: u32,
+    pub context_length: u32,
+    pub eos_token_id: u32,
+}
+
+/// How the model's numbers are computed. A node that cannot honour the profile
+/// on its device refuses to start; it never falls back silently.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode)]
+#[serde(deny_unknown_fields)]
+pub struct NumericsProfile {
+    pub id: String,
+    pub weights: WeightFormat,
+    pub activations: ActivationDtype,
+    pub matmul: MatmulKernel,
+    pub device: DeviceClass,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Encode)]
+#[serde(rename_all = "kebab-case")]
+pub enum WeightFormat {
+    /// The file's quantized tensors as they are.
+    GgufNative,
+    DequantF32,
+    DequantF16,
+    #[serde(rename = "requant-q4_0")]
+    RequantQ4_0,
+    RequantQ2k,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Encode)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActivationDtype {
+    F32,
+    F16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Encode)]
+#[serde(rename_all = "kebab-case")]
+pub enum MatmulKernel {
+    /// candle's quantized (k-quant) matmul: activations quantized to q8 blocks.
+    CandleQuantized,
+    /// candle's dense matmul over dequantized weights.
+    CandleDense,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Encode)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceClass {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    /// Reject when `distance2` exceeds this.
+    pub max_distance2: f64,
+    /// Reject when fewer logged candidates than this fraction appear in the
+    /// validator's own top k.
+    pub min_match_ratio: f64,
+    /// Reject when the surprisal z-score exceeds this.
+    pub max_surprisal_z: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_artifact_bytes: u32,
+    pub max_prompt_tokens: u32,
+    pub max_generated_tokens: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode)]
+#[serde(deny_unknown_fields)]
+pub struct Validator {
+    #[serde(with = "hex_serde")]
+    pub public_key: PublicKey,
+    pub weight: u64,
+}
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("cannot read chain spec {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("chain spec is not valid JSON for this schema: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("chain spec: {0}")]
+    Invalid(#[from] SpecError),
+}
+
+impl ChainSpec {
+    pub fn from_json_str(text: &str) -> Result<Self, LoadError> {
+        let spec: ChainSpec = serde_json::from_str(text)?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| LoadError::Io { path: path.display().to_string(), source })?;
+        Self::from_json_str(&text)
+    }
+
+    /// The embedded devnet spec.
+    pub fn devnet() -> Self {
+        Self::from_json_str(DEVNET_SPEC_JSON).expect("the shipped devnet spec is valid")
+    }
+
+    pub fn to_json_string(&self) -> String {
+        serde_json::to_string_pretty(self).expect("chain spec serialises")
+    }
+
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        canonical_encode(self)
+    }
+
+    pub fn chain_id(&self) -> ChainId {
+        sha256(&self.canonical_bytes())
+    }
+
+    pub fn total_weight(&self) -> u64 {
+        self.validators.iter().map(|v| v.weight).sum()
+    }
+
+    pub fn validator(&self, key: &PublicKey) -> Option<&Validator> {
+        self.validators.iter().find(|v| v.public_key == *key)
+    }
+}
+
+/// The well-known, insecure keys of the devnet's validators: anyone can derive
+/// them, which is what a local test network wants and a real chain must not use.
+pub fn devnet_keypair(index: u32) -> poi_artifact::Keypair {
+    let mut seed = b"poi/devnet/validator/".to_vec();
+    seed.extend_from_slice(&index.to_le_bytes());
+    poi_artifact::Keypair::from_secret(sha256(&seed).0)
+}
