@@ -145,7 +145,7 @@ impl Position<'_> {
         self.tokens[usize::from(self.chosen)]
     }
 
-    pub fn candidates(&self) -> impl Iterator<Item = Candidate> + '_ {
+    pub fn candidates(&self) -> impl Iterator<Item = Candidate> + Clone + '_ {
         self.tokens.iter().zip(self.logprobs).map(|(&token, &logprob)| Candidate { token, logprob })
     }
 }

@@ -1,0 +1,13 @@
+//! poi's checks (DESIGN §4, §5): sampler v1, the replay check every peer runs,
+//! `distance2` and the match ratio, and the surprisal test. No networking or
+//! storage here.
+
+pub mod distance;
+pub mod replay;
+pub mod sampler;
+pub mod surprisal;
+
+pub use distance::{distance2, TopLogprobs};
+pub use replay::{ReplayChecker, ReplayError, ReplayReport, StructureRule};
+pub use sampler::{choose_from, draw, Kept, Sampler};
+pub use surprisal::Surprisal;
