@@ -261,7 +261,9 @@ struct BodyWire {
     sampling: SamplingParams,
     k: u16,
     candidates: PackedTokens,
-    logprobs: Vec<u16>,
+    /// IEEE half bits, little-endian pairs: one byte blob decodes far faster
+    /// than thousands of separately decoded u16s.
+    logprobs: Vec<u8>,
     chosen: Vec<u8>,
     finish_reason: FinishReason,
     created_at_ms: u64,
@@ -289,7 +291,7 @@ impl ArtifactBody {
             sampling: self.sampling,
             k: self.generation.k,
             candidates: PackedTokens::pack(&self.generation.tokens),
-            logprobs: self.generation.logprobs.iter().map(|l| l.to_bits()).collect(),
+            logprobs: self.generation.logprobs.iter().flat_map(|l| l.to_bits().to_le_bytes()).collect(),
             chosen: self.generation.chosen.clone(),
             finish_reason: self.finish_reason,
             created_at_ms: self.created_at_ms,
@@ -298,9 +300,9 @@ impl ArtifactBody {
 
     fn from_wire(wire: BodyWire) -> Result<Self, DecodeError> {
         let prompt_tokens = wire.request.prompt.unpack("prompt")?;
-        if wire.candidates.count() != wire.logprobs.len() {
+        if wire.candidates.count() * 2 != wire.logprobs.len() {
             return Err(DecodeError::Structure(format!(
-                "{} candidate ids but {} log-probs",
+                "{} candidate ids but {} bytes of log-probs",
                 wire.candidates.count(),
                 wire.logprobs.len()
             )));
@@ -308,7 +310,7 @@ impl ArtifactBody {
         let generation = Generation {
             k: wire.k,
             tokens: wire.candidates.unpack("candidates")?,
-            logprobs: wire.logprobs.into_iter().map(f16::from_bits).collect(),
+            logprobs: wire.logprobs.chunks_exact(2).map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]]))).collect(),
             chosen: wire.chosen,
         };
         generation.validate()?;

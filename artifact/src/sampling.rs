@@ -4,7 +4,7 @@
 
 use std::cmp::Ordering;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 /// The chain's sampling parameters. An artifact carries them and they must equal
@@ -50,17 +50,17 @@ impl SamplingParams {
     }
 }
 
-/// What the penalties of step 2 need to know: the prompt's tokens and how often
-/// each token was generated so far.
+/// What the penalties of step 2 need to know: whether a token is in the
+/// history `H` (a key of the map) and how often it was generated so far (the
+/// value; 0 for prompt-only tokens). One map, so scoring costs one lookup.
 #[derive(Clone, Debug, Default)]
 pub struct History {
-    prompt: FxHashSet<u32>,
     generated: FxHashMap<u32, u32>,
 }
 
 impl History {
     pub fn new(prompt: &[u32]) -> Self {
-        Self { prompt: prompt.iter().copied().collect(), generated: FxHashMap::default() }
+        Self { generated: prompt.iter().map(|&token| (token, 0)).collect() }
     }
 
     /// A history of prompt plus already generated tokens, in order.
@@ -71,7 +71,7 @@ impl History {
     }
 
     pub fn push(&mut self, token: u32) {
-        *self.generated.entry(token).or_insert(0) += 1;
+        *self.generated.entry(token).or_default() += 1;
     }
 
     pub fn generated_count(&self, token: u32) -> u32 {
@@ -80,11 +80,8 @@ impl History {
 
     /// Step 2: the penalised score of a raw log-prob.
     pub fn penalised(&self, token: u32, logprob: f64, params: &SamplingParams) -> f64 {
-        let count = self.generated_count(token);
-        let mut x = logprob;
-        if count > 0 || self.prompt.contains(&token) {
-            x *= params.repetition_penalty;
-        }
+        let Some(&count) = self.generated.get(&token) else { return logprob };
+        let mut x = logprob * params.repetition_penalty;
         x -= params.frequency_penalty * f64::from(count);
         if count > 0 {
             x -= params.presence_penalty;

@@ -88,12 +88,27 @@ pub struct ReplayChecker {
     spec: ChainSpec,
     chain_id: ChainId,
     sampler: Sampler,
+    scored: Vec<(f64, u32, usize)>,
+    /// Per vocabulary id, the last position stamp it was listed at: finds
+    /// duplicate candidates in O(k) without clearing between positions.
+    listed_at: Vec<u32>,
+    stamp: u32,
 }
 
 impl ReplayChecker {
     pub fn new(spec: ChainSpec) -> Self {
         let chain_id = spec.chain_id();
-        Self { spec, chain_id, sampler: Sampler::new() }
+        let listed_at = vec![0; spec.model.vocab_size as usize];
+        Self { spec, chain_id, sampler: Sampler::new(), scored: Vec::new(), listed_at, stamp: 0 }
+    }
+
+    fn next_stamp(&mut self) -> u32 {
+        if self.stamp == u32::MAX {
+            self.listed_at.fill(0);
+            self.stamp = 0;
+        }
+        self.stamp += 1;
+        self.stamp
     }
 
     pub fn spec(&self) -> &ChainSpec {
@@ -153,14 +168,15 @@ impl ReplayChecker {
         Ok(())
     }
 
-    fn check_structure(&self, artifact: &Artifact) -> Result<(), ReplayError> {
+    fn check_structure(&mut self, artifact: &Artifact) -> Result<(), ReplayError> {
         let vocab = self.spec.model.vocab_size;
         let eos = self.spec.model.eos_token_id;
         let generation = &artifact.body.generation;
         let last = generation.len() - 1;
         for (position, view) in generation.positions().enumerate() {
             let fail = |rule| Err(ReplayError::Structure { position, rule });
-            for (slot, candidate) in view.candidates().enumerate() {
+            let stamp = self.next_stamp();
+            for candidate in view.candidates() {
                 if candidate.token >= vocab {
                     return fail(StructureRule::TokenOutOfVocabulary { token: candidate.token, vocab });
                 }
@@ -168,10 +184,11 @@ impl ReplayChecker {
                 if !(logprob.is_finite() && logprob <= 0.0) {
                     return fail(StructureRule::BadLogprob { token: candidate.token, logprob });
                 }
-                // k is at most 255: a quadratic scan beats hashing here.
-                if view.tokens[..slot].contains(&candidate.token) {
+                let listed = &mut self.listed_at[candidate.token as usize];
+                if *listed == stamp {
                     return fail(StructureRule::DuplicateCandidate { token: candidate.token });
                 }
+                *listed = stamp;
             }
             if view.chosen_token() == eos && position != last {
                 return fail(StructureRule::EarlyEos);
@@ -194,18 +211,20 @@ impl ReplayChecker {
         let mut history = History::new(&body.request.prompt_tokens);
         let mut surprisal = Surprisal::default();
         for (position, view) in body.generation.positions().enumerate() {
-            let scored = view.candidates().map(|c| (c.token, c.logprob.to_f64()));
-            // The logged order must be the sampler's order (DESIGN §3).
-            let mut previous: Option<(f64, u32)> = None;
-            for (slot, (token, logprob)) in scored.clone().enumerate() {
-                let current = (history.penalised(token, logprob, params), token);
-                if previous.is_some_and(|p| poi_artifact::candidate_order(p, current).is_gt()) {
-                    return Err(ReplayError::Structure { position, rule: StructureRule::Unordered { slot } });
-                }
-                previous = Some(current);
+            self.scored.clear();
+            self.scored.extend(view.candidates().enumerate().map(|(slot, c)| {
+                (history.penalised(c.token, c.logprob.to_f64(), params), c.token, slot)
+            }));
+            // The logged order must be the sampler's order (DESIGN §3), so the
+            // scores need no sorting.
+            if let Some(slot) = (1..self.scored.len()).find(|&s| {
+                let (a, b) = (self.scored[s - 1], self.scored[s]);
+                poi_artifact::candidate_order((a.0, a.1), (b.0, b.1)).is_gt()
+            }) {
+                return Err(ReplayError::Structure { position, rule: StructureRule::Unordered { slot } });
             }
             let logged = usize::from(view.chosen);
-            let kept = self.sampler.distribution(scored, &history, params);
+            let kept = self.sampler.distribution_of_ordered(&self.scored, params);
             let Some(chosen) = kept.iter().find(|k| k.index == logged) else {
                 return Err(ReplayError::ChosenNotSampleable { position, token: view.chosen_token() });
             };

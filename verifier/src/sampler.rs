@@ -54,6 +54,19 @@ impl Sampler {
             candidates.enumerate().map(|(index, (token, logprob))| (history.penalised(token, logprob, params), token, index)),
         );
         self.order.sort_by(|a, b| candidate_order((a.0, a.1), (b.0, b.1)));
+        self.kept_from_order(params)
+    }
+
+    /// As `distribution`, for candidates already scored (step 2) and sorted
+    /// (step 3) as `(score, token, index)`: the replay check has them so after
+    /// verifying the logged order.
+    pub fn distribution_of_ordered(&mut self, ordered: &[(f64, u32, usize)], params: &SamplingParams) -> &[Kept] {
+        self.order.clear();
+        self.order.extend_from_slice(ordered);
+        self.kept_from_order(params)
+    }
+
+    fn kept_from_order(&mut self, params: &SamplingParams) -> &[Kept] {
         self.order.truncate(params.top_k as usize);
         self.kept.clear();
         let Some(&(best, _, best_index)) = self.order.first() else { return &self.kept };

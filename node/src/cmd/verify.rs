@@ -1,0 +1,95 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use poi_artifact::Artifact;
+use poi_verifier::{ReplayChecker, ReplayError, ReplayReport};
+use serde_json::json;
+
+use crate::ChainArg;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Artifact file: canonical binary, or the JSON view.
+    #[arg(value_name = "ARTIFACT")]
+    artifact: PathBuf,
+    #[command(flatten)]
+    chain: ChainArg,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let spec = args.chain.load()?;
+    let bytes = std::fs::read(&args.artifact).with_context(|| format!("reading {}", args.artifact.display()))?;
+    let mut checker = ReplayChecker::new(spec);
+    let outcome = if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        let text = std::str::from_utf8(&bytes).context("JSON artifact is not UTF-8")?;
+        Artifact::from_json_str(text)
+            .map_err(|e| Rejection::Unreadable(e.to_string()))
+            .and_then(|artifact| checker.check(&artifact).map(|r| (artifact, r)).map_err(Rejection::Replay))
+    } else {
+        checker.check_bytes(&bytes).map_err(Rejection::Replay)
+    };
+    let threshold = checker.spec().thresholds.max_surprisal_z;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&as_json(&outcome))?);
+    } else {
+        print_text(&outcome, threshold);
+    }
+    Ok(if outcome.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+enum Rejection {
+    Unreadable(String),
+    Replay(ReplayError),
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreadable(e) => write!(f, "unreadable JSON view: {e}"),
+            Self::Replay(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+fn as_json(outcome: &Result<(Artifact, ReplayReport), Rejection>) -> serde_json::Value {
+    match outcome {
+        Ok((artifact, report)) => json!({
+            "verdict": "pass",
+            "artifact_id": artifact.id().to_hex(),
+            "miner": artifact.body.miner.to_hex(),
+            "positions": report.positions,
+            "k": artifact.body.generation.k(),
+            "seeded": report.seeded,
+            "miner_seeded": report.miner_seeded,
+            "surprisal_z": report.z(),
+        }),
+        Err(rejection) => json!({
+            "verdict": "reject",
+            "reason": rejection.to_string(),
+            "position": match rejection { Rejection::Replay(e) => e.position(), Rejection::Unreadable(_) => None },
+        }),
+    }
+}
+
+fn print_text(outcome: &Result<(Artifact, ReplayReport), Rejection>, threshold: f64) {
+    match outcome {
+        Ok((artifact, report)) => {
+            let seeding = match (report.seeded, report.miner_seeded) {
+                (false, _) => "no (unseeded: surprisal test only)",
+                (true, true) => "yes (miner-seeded: no requester binding)",
+                (true, false) => "yes (requester-bound)",
+            };
+            println!("artifact   {}", artifact.id());
+            println!("miner      {}", artifact.body.miner);
+            println!("positions  {} (k = {})", report.positions, artifact.body.generation.k());
+            println!("seeded     {seeding}");
+            println!("surprisal  z = {:.3} (threshold {threshold})", report.z());
+            println!("verdict    PASS (replay check)");
+        }
+        Err(rejection) => println!("verdict    REJECT: {rejection}"),
+    }
+}

@@ -1,0 +1,73 @@
+//! `poi`: the proof-of-inference validator node's command line.
+
+mod cmd;
+mod keyfile;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "poi", version, about = "Proof-of-inference validator node: check, compare and (soon) validate LLM inference artifacts")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the replay check on an artifact file (canonical binary or JSON view)
+    /// and print the verdict and its figures. Exit status 0: passes; 1: rejected.
+    Verify(cmd::verify::Args),
+    /// Compare two OpenAI-compatible responses with logprobs (e.g. two vLLM
+    /// servers given the same prompt and tokens): distance2 and match ratio.
+    Compare(cmd::compare::Args),
+    /// Generate or show a node / miner key file.
+    #[command(subcommand)]
+    Keys(cmd::keys::KeysCommand),
+    /// Convert an artifact between the canonical binary form and its JSON view.
+    Convert(cmd::convert::Args),
+    /// Measurements that print figures (not pass/fail tests).
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+}
+
+/// Where a chain spec comes from: a file, or the devnet spec built into poi.
+#[derive(clap::Args, Clone)]
+pub struct ChainArg {
+    /// Chain spec JSON; the embedded devnet spec when omitted.
+    #[arg(long, value_name = "SPEC")]
+    pub chain: Option<PathBuf>,
+}
+
+impl ChainArg {
+    pub fn load(&self) -> anyhow::Result<poi_chain_spec::ChainSpec> {
+        Ok(match &self.chain {
+            Some(path) => poi_chain_spec::ChainSpec::load(path)?,
+            None => poi_chain_spec::ChainSpec::devnet(),
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Verify(args) => cmd::verify::run(args),
+        Command::Compare(args) => cmd::compare::run(args),
+        Command::Keys(command) => cmd::keys::run(command),
+        Command::Convert(args) => cmd::convert::run(args),
+        Command::Bench(command) => cmd::bench::run(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
