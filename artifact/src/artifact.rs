@@ -44,29 +44,18 @@ impl Request {
 
     /// What a requester signs: the chain, the uuid, the seed and the prompt.
     pub fn binding_digest(&self, chain_id: &ChainId) -> Hash32 {
-        let mut hasher = Sha256::new();
-        hasher.update(chain_id.0);
-        hasher.update(self.request_uuid);
-        match self.user_seed {
-            Some(seed) => {
-                hasher.update([1]);
-                hasher.update(seed.to_le_bytes());
-            }
-            None => hasher.update([0]),
-        }
-        hasher.update((self.prompt_tokens.len() as u64).to_le_bytes());
-        for token in &self.prompt_tokens {
-            hasher.update(token.to_le_bytes());
-        }
-        Hash32(hasher.finalize().into())
+        sha256(&codec::encode(&BindingMessage {
+            chain_id,
+            request_uuid: &self.request_uuid,
+            user_seed: self.user_seed,
+            prompt_tokens: &self.prompt_tokens,
+        }))
     }
 
     pub fn bind(&mut self, chain_id: &ChainId, requester: &Keypair) {
         let digest = self.binding_digest(chain_id);
-        self.binding = Some(RequestBinding {
-            requester: requester.public(),
-            signature: requester.sign(REQUEST_DOMAIN, &digest),
-        });
+        self.binding =
+            Some(RequestBinding { requester: requester.public(), signature: requester.sign(REQUEST_DOMAIN, &digest) });
     }
 
     /// `Ok(false)` when there is no binding (miner-seeded), an error when a
@@ -242,6 +231,14 @@ pub struct Artifact {
     pub body: ArtifactBody,
     pub signature: Signature,
     id: ArtifactId,
+}
+
+#[derive(Encode)]
+struct BindingMessage<'a> {
+    chain_id: &'a ChainId,
+    request_uuid: &'a [u8; 16],
+    user_seed: Option<u64>,
+    prompt_tokens: &'a [u32],
 }
 
 #[derive(Encode, Decode)]

@@ -5,7 +5,7 @@
 //! callers check (minimal token width, zero padding). Swapping the encoding means
 //! changing this module and the golden vectors, nothing else.
 
-use bincode::config::{self, Configuration, Fixint, LittleEndian, Limit};
+use bincode::config::{self, Configuration, Fixint, Limit, LittleEndian};
 use bincode::error::DecodeError as BincodeDecodeError;
 use bincode::{Decode, Encode};
 
@@ -18,15 +18,11 @@ pub const MAX_WIRE_BYTES: usize = 8 * 1024 * 1024;
 type WireConfig = Configuration<LittleEndian, Fixint, Limit<MAX_WIRE_BYTES>>;
 
 const fn wire_config() -> WireConfig {
-    config::standard()
-        .with_little_endian()
-        .with_fixed_int_encoding()
-        .with_limit::<MAX_WIRE_BYTES>()
+    config::standard().with_little_endian().with_fixed_int_encoding().with_limit::<MAX_WIRE_BYTES>()
 }
 
 pub(crate) fn encode<T: Encode>(value: &T) -> Vec<u8> {
-    bincode::encode_to_vec(value, wire_config())
-        .expect("encoding into a Vec cannot fail for poi wire types")
+    bincode::encode_to_vec(value, wire_config()).expect("encoding into a Vec cannot fail for poi wire types")
 }
 
 /// Decodes one value that must span `bytes` exactly and whose first byte is its
@@ -44,9 +40,7 @@ pub(crate) fn decode_versioned<T: Decode<()>>(
     }
     match bytes.first() {
         None => return Err(DecodeError::Empty),
-        Some(&found) if found != supported => {
-            return Err(DecodeError::UnknownVersion { what, found, supported })
-        }
+        Some(&found) if found != supported => return Err(DecodeError::UnknownVersion { what, found, supported }),
         Some(_) => {}
     }
     let (value, read) = bincode::decode_from_slice(bytes, wire_config()).map_err(map_error)?;

@@ -134,7 +134,6 @@ impl PublicKey {
     ) -> Result<(), SignatureError> {
         let key = self.verifying_key()?;
         let signature = ed25519_dalek::Signature::from_bytes(&signature.0);
-        key.verify_strict(&signed_message(domain, id), &signature)
-            .map_err(|_| SignatureError::BadSignature { what })
+        key.verify_strict(&signed_message(domain, id), &signature).map_err(|_| SignatureError::BadSignature { what })
     }
 }

@@ -89,10 +89,9 @@ impl From<&Artifact> for ArtifactJson {
                 request_uuid: uuid::Uuid::from_bytes(request.request_uuid).hyphenated().to_string(),
                 user_seed: request.user_seed.map(|s| s.to_string()),
                 prompt_tokens: request.prompt_tokens.clone(),
-                binding: request.binding.map(|b| BindingJson {
-                    requester: b.requester.to_hex(),
-                    signature: b.signature.to_hex(),
-                }),
+                binding: request
+                    .binding
+                    .map(|b| BindingJson { requester: b.requester.to_hex(), signature: b.signature.to_hex() }),
             },
             sampling: body.sampling,
             k: body.generation.k(),

@@ -102,18 +102,14 @@ pub fn import_chat_completion(response: &str, ctx: &ImportContext<'_>) -> Result
     let completion: ChatCompletion = serde_json::from_str(response)?;
     let choice = completion.choices.into_iter().next().ok_or(ImportError::NoChoices)?;
     let content = choice.logprobs.and_then(|l| l.content).ok_or(ImportError::NoLogprobs)?;
-    let prompt_tokens = completion
-        .prompt_token_ids
-        .or_else(|| ctx.prompt_tokens.clone())
-        .ok_or(ImportError::NoPromptTokens)?;
+    let prompt_tokens =
+        completion.prompt_token_ids.or_else(|| ctx.prompt_tokens.clone()).ok_or(ImportError::NoPromptTokens)?;
     let k = usize::from(ctx.k);
     let mut history = History::new(&prompt_tokens);
     let mut positions = Vec::with_capacity(content.len());
     for (position, entry) in content.iter().enumerate() {
         let resolve = |token: &str| {
-            ctx.resolver
-                .resolve(token)
-                .ok_or_else(|| ImportError::UnknownToken { position, token: token.to_string() })
+            ctx.resolver.resolve(token).ok_or_else(|| ImportError::UnknownToken { position, token: token.to_string() })
         };
         let chosen_token = resolve(&entry.token)?;
         let mut scored = Vec::with_capacity(entry.top_logprobs.len());
@@ -141,10 +137,11 @@ pub fn import_chat_completion(response: &str, ctx: &ImportContext<'_>) -> Result
         positions.push((scored.into_iter().map(|(_, c)| c).collect(), chosen as u8));
         history.push(chosen_token);
     }
+    // OpenAI's "stop" covers both the eos token and stop strings; only the
+    // token budget is unambiguous.
     let finish_reason = match choice.finish_reason.as_deref() {
         Some("length") => FinishReason::MaxTokens,
-        Some("stop") | None => FinishReason::Eos,
-        Some(_) => FinishReason::Stop,
+        _ => FinishReason::Stop,
     };
     Ok(ArtifactBody {
         chain_id: ctx.chain_id,

@@ -115,10 +115,7 @@ mod tests {
         let mut packed = PackedTokens::pack(&[1, 2, 3]);
         packed.bits = 8;
         packed.data = vec![1, 2, 3];
-        assert_eq!(
-            packed.unpack("t"),
-            Err(DecodeError::NonCanonical("token width is not the minimal one"))
-        );
+        assert_eq!(packed.unpack("t"), Err(DecodeError::NonCanonical("token width is not the minimal one")));
     }
 
     #[test]

@@ -115,7 +115,10 @@ impl Vote {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        codec::encode(&VoteRef { body: VoteBodyRef { version: VOTE_VERSION, body: &self.body }, signature: self.signature })
+        codec::encode(&VoteRef {
+            body: VoteBodyRef { version: VOTE_VERSION, body: &self.body },
+            signature: self.signature,
+        })
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {

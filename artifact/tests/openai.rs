@@ -67,15 +67,23 @@ fn keeps_only_the_top_k_after_ordering() {
 #[test]
 fn refuses_what_it_cannot_represent() {
     let chosen_outside = response(&[(5, &[(3, -0.5), (7, -0.55)])]);
-    assert!(matches!(import_chat_completion(&chosen_outside, &ctx(2)), Err(ImportError::ChosenNotInCandidates { position: 0, token: 5 })));
+    assert!(matches!(
+        import_chat_completion(&chosen_outside, &ctx(2)),
+        Err(ImportError::ChosenNotInCandidates { position: 0, token: 5 })
+    ));
     let too_few = response(&[(3, &[(3, -0.5)])]);
-    assert!(matches!(import_chat_completion(&too_few, &ctx(2)), Err(ImportError::TooFewCandidates { position: 0, found: 1, k: 2 })));
+    assert!(matches!(
+        import_chat_completion(&too_few, &ctx(2)),
+        Err(ImportError::TooFewCandidates { position: 0, found: 1, k: 2 })
+    ));
     let positive = response(&[(3, &[(3, 0.5), (4, -1.0)])]);
     assert!(matches!(import_chat_completion(&positive, &ctx(2)), Err(ImportError::BadLogprob { position: 0, .. })));
     let duplicate = response(&[(3, &[(3, -0.5), (3, -1.0)])]);
     assert!(matches!(import_chat_completion(&duplicate, &ctx(2)), Err(ImportError::DuplicateCandidate { .. })));
     let text_tokens = response(&[(3, &[(3, -0.5), (4, -1.0)])]).replace("token_id:4", "Hello");
-    assert!(matches!(import_chat_completion(&text_tokens, &ctx(2)), Err(ImportError::UnknownToken { token, .. }) if token == "Hello"));
+    assert!(
+        matches!(import_chat_completion(&text_tokens, &ctx(2)), Err(ImportError::UnknownToken { token, .. }) if token == "Hello")
+    );
     assert!(matches!(import_chat_completion("{\"choices\": []}", &ctx(2)), Err(ImportError::NoChoices)));
     assert!(matches!(import_chat_completion("[1,2]", &ctx(2)), Err(ImportError::Json(_))));
 }

@@ -3,7 +3,9 @@
 mod common;
 
 use common::*;
-use poi_artifact::{Artifact, DecodeError, Keypair, SignatureError, Vote, ARTIFACT_DOMAIN, MAX_WIRE_BYTES, VOTE_DOMAIN};
+use poi_artifact::{
+    Artifact, DecodeError, Keypair, SignatureError, Vote, ARTIFACT_DOMAIN, MAX_WIRE_BYTES, VOTE_DOMAIN,
+};
 
 const LIMIT: usize = 1 << 20;
 
@@ -21,7 +23,11 @@ fn golden(name: &str, actual: &str) -> String {
 fn artifact_encoding_matches_golden_bytes() {
     let artifact = sample_artifact();
     let bytes = artifact.encode();
-    assert_eq!(hex::encode(&bytes), golden("artifact-v1.hex", &hex::encode(&bytes)), "canonical artifact encoding changed");
+    assert_eq!(
+        hex::encode(&bytes),
+        golden("artifact-v1.hex", &hex::encode(&bytes)),
+        "canonical artifact encoding changed"
+    );
     assert_eq!(artifact.id().to_hex(), golden("artifact-v1.id", &artifact.id().to_hex()));
     let decoded = Artifact::decode(&bytes, LIMIT).unwrap();
     assert_eq!(decoded, artifact);
@@ -51,7 +57,10 @@ fn json_views_round_trip_exactly() {
 
     let vote = sample_vote();
     let json = poi_artifact::json::VoteJson::from(&vote);
-    let back = Vote::try_from(&serde_json::from_str::<poi_artifact::json::VoteJson>(&serde_json::to_string(&json).unwrap()).unwrap()).unwrap();
+    let back = Vote::try_from(
+        &serde_json::from_str::<poi_artifact::json::VoteJson>(&serde_json::to_string(&json).unwrap()).unwrap(),
+    )
+    .unwrap();
     assert_eq!(back, vote);
 }
 
@@ -144,7 +153,10 @@ fn every_decode_error_path_is_typed() {
     let bytes = sample_artifact().encode();
     let decode = |b: &[u8]| Artifact::decode(b, LIMIT).unwrap_err();
 
-    assert_eq!(Artifact::decode(&bytes, bytes.len() - 1).unwrap_err(), DecodeError::TooLarge { len: bytes.len(), limit: bytes.len() - 1 });
+    assert_eq!(
+        Artifact::decode(&bytes, bytes.len() - 1).unwrap_err(),
+        DecodeError::TooLarge { len: bytes.len(), limit: bytes.len() - 1 }
+    );
     assert_eq!(decode(&[]), DecodeError::Empty);
     let mut v2 = bytes.clone();
     v2[0] = 2;

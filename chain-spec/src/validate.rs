@@ -50,10 +50,10 @@ impl ChainSpec {
         in_range("model.hidden_size", m.hidden_size, 1, 65536)?;
         in_range("model.n_heads", m.n_heads, 1, 1024)?;
         in_range("model.n_kv_heads", m.n_kv_heads, 1, m.n_heads)?;
-        if m.hidden_size % m.n_heads != 0 {
+        if !m.hidden_size.is_multiple_of(m.n_heads) {
             fail("model.hidden_size", "must be a multiple of model.n_heads")?;
         }
-        if m.n_heads % m.n_kv_heads != 0 {
+        if !m.n_heads.is_multiple_of(m.n_kv_heads) {
             fail("model.n_kv_heads", "must divide model.n_heads")?;
         }
         in_range("model.vocab_size", m.vocab_size, 2, 1 << 24)?;
@@ -114,16 +114,12 @@ impl ChainSpec {
             if validator.weight == 0 {
                 fail(&format!("{field}.weight"), "must be positive")?;
             }
-            total = total
-                .checked_add(validator.weight)
-                .ok_or_else(|| SpecError { field: format!("{field}.weight"), problem: "total weight overflows".into() })?;
+            total = total.checked_add(validator.weight).ok_or_else(|| SpecError {
+                field: format!("{field}.weight"),
+                problem: "total weight overflows".into(),
+            })?;
         }
-        in_range(
-            "dispute_committee_size",
-            self.dispute_committee_size,
-            1,
-            self.validators.len() as u32,
-        )?;
+        in_range("dispute_committee_size", self.dispute_committee_size, 1, self.validators.len() as u32)?;
         Ok(())
     }
 }

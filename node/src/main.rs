@@ -9,7 +9,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "poi", version, about = "Proof-of-inference validator node: check, compare and (soon) validate LLM inference artifacts")]
+#[command(
+    name = "poi",
+    version,
+    about = "Proof-of-inference validator node: check, compare and (soon) validate LLM inference artifacts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -26,7 +26,8 @@ fn examples() -> PathBuf {
 /// signature is valid, the replay is not.
 fn tampered(artifact: &Artifact, position: usize) -> Artifact {
     let mut body = artifact.body.clone();
-    let mut positions: Vec<_> = body.generation.positions().map(|p| (p.candidates().collect::<Vec<_>>(), p.chosen)).collect();
+    let mut positions: Vec<_> =
+        body.generation.positions().map(|p| (p.candidates().collect::<Vec<_>>(), p.chosen)).collect();
     positions[position].1 = if positions[position].1 == 0 { 1 } else { 0 };
     body.generation = Generation::new(body.generation.k(), &positions).unwrap();
     body.sign(&common::miner())
@@ -155,7 +156,8 @@ fn compare_two_openai_responses() {
     assert_eq!(result["match_ratio"], 1.0);
 
     // The text-completion form: maps of token -> log-prob.
-    let text = serde_json::json!({"choices": [{"logprobs": {"tokens": ["Hi"], "top_logprobs": [{"Yo": -1.5, "Hi": -0.5}]}}]});
+    let text =
+        serde_json::json!({"choices": [{"logprobs": {"tokens": ["Hi"], "top_logprobs": [{"Yo": -1.5, "Hi": -0.5}]}}]});
     std::fs::write(&b, text.to_string()).unwrap();
     let out = poi(&["compare", a.to_str().unwrap(), b.to_str().unwrap(), "--json"]);
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -20,8 +20,8 @@ pub struct TopLogprobs<K> {
 /// `(average distance, match ratio)`, or `(-1, -1)` when the two sides did not
 /// produce the same token sequence (or there is nothing to compare).
 pub fn distance2<K: PartialEq>(inference: &[TopLogprobs<K>], validation: &[TopLogprobs<K>]) -> (f64, f64) {
-    let same_sequence = inference.len() == validation.len()
-        && inference.iter().zip(validation).all(|(i, v)| i.chosen == v.chosen);
+    let same_sequence =
+        inference.len() == validation.len() && inference.iter().zip(validation).all(|(i, v)| i.chosen == v.chosen);
     let k = inference.first().map_or(0, |p| p.entries.len());
     if !same_sequence || k == 0 {
         return (-1.0, -1.0);

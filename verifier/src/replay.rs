@@ -159,7 +159,11 @@ impl ReplayChecker {
             return Err(ReplayError::TooLong { what: "prompt", found: prompt.len(), limit: limits.max_prompt_tokens });
         }
         if generated > limits.max_generated_tokens as usize {
-            return Err(ReplayError::TooLong { what: "generation", found: generated, limit: limits.max_generated_tokens });
+            return Err(ReplayError::TooLong {
+                what: "generation",
+                found: generated,
+                limit: limits.max_generated_tokens,
+            });
         }
         let vocab = self.spec.model.vocab_size;
         if let Some((index, &token)) = prompt.iter().enumerate().find(|(_, &t)| t >= vocab) {
@@ -212,9 +216,11 @@ impl ReplayChecker {
         let mut surprisal = Surprisal::default();
         for (position, view) in body.generation.positions().enumerate() {
             self.scored.clear();
-            self.scored.extend(view.candidates().enumerate().map(|(slot, c)| {
-                (history.penalised(c.token, c.logprob.to_f64(), params), c.token, slot)
-            }));
+            self.scored.extend(
+                view.candidates()
+                    .enumerate()
+                    .map(|(slot, c)| (history.penalised(c.token, c.logprob.to_f64(), params), c.token, slot)),
+            );
             // The logged order must be the sampler's order (DESIGN §3), so the
             // scores need no sorting.
             if let Some(slot) = (1..self.scored.len()).find(|&s| {

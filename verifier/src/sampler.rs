@@ -51,7 +51,9 @@ impl Sampler {
     ) -> &[Kept] {
         self.order.clear();
         self.order.extend(
-            candidates.enumerate().map(|(index, (token, logprob))| (history.penalised(token, logprob, params), token, index)),
+            candidates
+                .enumerate()
+                .map(|(index, (token, logprob))| (history.penalised(token, logprob, params), token, index)),
         );
         self.order.sort_by(|a, b| candidate_order((a.0, a.1), (b.0, b.1)));
         self.kept_from_order(params)

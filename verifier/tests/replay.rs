@@ -68,11 +68,17 @@ fn a_requester_bound_request_is_not_miner_seeded() {
 fn envelope_rules() {
     let built = build(&spec(), 8, 2, Chooser::Seeded);
     let mut c = checker();
-    assert_eq!(c.check_bytes(&built.bytes[..built.bytes.len() - 3]).unwrap_err(), ReplayError::Decode(DecodeError::Truncated));
+    assert_eq!(
+        c.check_bytes(&built.bytes[..built.bytes.len() - 3]).unwrap_err(),
+        ReplayError::Decode(DecodeError::Truncated)
+    );
     let mut small = spec();
     small.limits.max_artifact_bytes = 1024;
     let big = build(&spec(), 64, 2, Chooser::Seeded);
-    assert!(matches!(ReplayChecker::new(small).check_bytes(&big.bytes), Err(ReplayError::Decode(DecodeError::TooLarge { .. }))));
+    assert!(matches!(
+        ReplayChecker::new(small).check_bytes(&big.bytes),
+        Err(ReplayError::Decode(DecodeError::TooLarge { .. }))
+    ));
 
     let mut body = honest();
     body.chain_id = Hash32([1; 32]);
@@ -174,7 +180,8 @@ fn replay_names_the_first_position_that_differs() {
     let mut history = poi_artifact::History::new(&body.request.prompt_tokens);
     let mut target = None;
     for (i, p) in body.generation.positions().enumerate() {
-        let kept = sampler.distribution(p.candidates().map(|c| (c.token, c.logprob.to_f64())), &history, &spec.sampling);
+        let kept =
+            sampler.distribution(p.candidates().map(|c| (c.token, c.logprob.to_f64())), &history, &spec.sampling);
         if target.is_none() && kept.len() >= 2 {
             let other = kept.iter().find(|k| k.index != usize::from(p.chosen)).unwrap().index;
             target = Some((i, other));
@@ -207,10 +214,7 @@ fn another_models_tokens_fail_the_surprisal_test() {
     let mut checker = ReplayChecker::new(spec.clone());
     let built = build(&spec, 256, 7, Chooser::OtherModel(2.0));
     let err = checker.check_bytes(&built.bytes).unwrap_err();
-    assert!(
-        matches!(err, ReplayError::Surprisal { .. } | ReplayError::ChosenNotSampleable { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, ReplayError::Surprisal { .. } | ReplayError::ChosenNotSampleable { .. }), "{err}");
 }
 
 #[test]

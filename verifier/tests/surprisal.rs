@@ -84,7 +84,9 @@ fn in_kept_substitution_grows_like_sqrt_n() {
     // top-p sets is weak, so z grows like sqrt(n) from a small base.
     let (rate_128, z_128) = detection(128, Chooser::OtherModelInKept, 3.0);
     let (rate_512, z_512) = detection(512, Chooser::OtherModelInKept, 3.0);
-    eprintln!("in-kept noise 3: n=128 rate {rate_128:.3} mean z {z_128:.2}; n=512 rate {rate_512:.3} mean z {z_512:.2}");
+    eprintln!(
+        "in-kept noise 3: n=128 rate {rate_128:.3} mean z {z_128:.2}; n=512 rate {rate_512:.3} mean z {z_512:.2}"
+    );
     assert!(z_128 > 1.5, "mean z {z_128}");
     assert!(z_512 / z_128 > 1.6, "z grows {z_128} -> {z_512}");
     assert!(rate_512 > rate_128 && rate_512 >= 0.5, "{rate_128} -> {rate_512}");

@@ -91,7 +91,10 @@ impl Side {
         self.tokens
             .iter()
             .zip(&self.positions)
-            .map(|(&chosen, entries)| TopLogprobs { chosen, entries: entries.iter().map(|c| (c.token, c.logprob)).collect() })
+            .map(|(&chosen, entries)| TopLogprobs {
+                chosen,
+                entries: entries.iter().map(|c| (c.token, c.logprob)).collect(),
+            })
             .collect()
     }
 }

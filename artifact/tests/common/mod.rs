@@ -2,7 +2,7 @@
 
 use poi_artifact::{
     f16, Artifact, ArtifactBody, Candidate, FinishReason, Generation, Hash32, Keypair, Request, SamplingParams,
-    Signature, Verdict, Vote, VoteBody, VoteFigures,
+    Verdict, Vote, VoteBody, VoteFigures,
 };
 
 pub fn miner() -> Keypair {
@@ -56,9 +56,13 @@ pub fn sample_vote() -> Vote {
         validator: validator.public(),
         selection_proof: validator.sign(poi_artifact::SELECT_DOMAIN, &artifact.id()),
         verdict: Verdict::Accept,
-        figures: VoteFigures { distance: 0.0012, match_ratio: 0.995, surprisal_z: -0.3, profile_id: "gguf-native-cpu".into() },
+        figures: VoteFigures {
+            distance: 0.0012,
+            match_ratio: 0.995,
+            surprisal_z: -0.3,
+            profile_id: "gguf-native-cpu".into(),
+        },
         created_at_ms: 1_764_000_000_500,
     }
     .sign(&validator)
 }
-

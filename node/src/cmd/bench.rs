@@ -83,7 +83,10 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     let total = size(positions);
     let marginal = (size(2 * positions) - total) as f64 / positions as f64;
     let openai = openai_json_bytes(&pool, positions) as f64 / positions as f64;
-    println!("canonical artifact, k = {k}, {positions} generated tokens, 32-token prompt ({} realistic positions as data)", pool.len());
+    println!(
+        "canonical artifact, k = {k}, {positions} generated tokens, 32-token prompt ({} realistic positions as data)",
+        pool.len()
+    );
     println!("  total                     {total} bytes");
     println!("  per generated token       {:.1} bytes (total / tokens; goal <= 96)", total as f64 / positions as f64);
     println!("  marginal per token        {marginal:.1} bytes (size(2n) - size(n)) / n");

@@ -55,15 +55,18 @@ struct ChatTop {
 
 fn load(path: &Path) -> anyhow::Result<Vec<TopLogprobs<String>>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let response: Response =
-        serde_json::from_str(&text).with_context(|| format!("{} is not an OpenAI-compatible response", path.display()))?;
+    let response: Response = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not an OpenAI-compatible response", path.display()))?;
     let Some(logprobs) = response.choices.into_iter().next().and_then(|c| c.logprobs) else {
         bail!("{}: no choices[0].logprobs (ask the server for logprobs and top_logprobs)", path.display());
     };
     Ok(match logprobs {
         Logprobs::Chat { content } => content
             .into_iter()
-            .map(|t| TopLogprobs { chosen: t.token, entries: t.top_logprobs.into_iter().map(|e| (e.token, e.logprob)).collect() })
+            .map(|t| TopLogprobs {
+                chosen: t.token,
+                entries: t.top_logprobs.into_iter().map(|e| (e.token, e.logprob)).collect(),
+            })
             .collect(),
         Logprobs::Text { tokens, top_logprobs } => {
             if tokens.len() != top_logprobs.len() {
@@ -73,9 +76,9 @@ fn load(path: &Path) -> anyhow::Result<Vec<TopLogprobs<String>>> {
             for (index, (chosen, tops)) in tokens.into_iter().zip(top_logprobs).enumerate() {
                 let mut entries = Vec::new();
                 for (token, value) in tops.unwrap_or_default() {
-                    let logprob = value
-                        .as_f64()
-                        .with_context(|| format!("{}: position {index}: log-prob of {token:?} is not a number", path.display()))?;
+                    let logprob = value.as_f64().with_context(|| {
+                        format!("{}: position {index}: log-prob of {token:?} is not a number", path.display())
+                    })?;
                     entries.push((token, logprob));
                 }
                 // Maps carry no order; distance2 wants highest first.
@@ -99,7 +102,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             json!({"positions": inference.len(), "k": k, "same_tokens": same, "distance2": distance, "match_ratio": match_ratio})
         );
     } else if distance < 0.0 {
-        println!("the two responses chose different tokens ({} vs {} positions): distance2 = -1, match ratio = -1", inference.len(), validation.len());
+        println!(
+            "the two responses chose different tokens ({} vs {} positions): distance2 = -1, match ratio = -1",
+            inference.len(),
+            validation.len()
+        );
     } else {
         println!("positions    {}", inference.len());
         println!("k            {k}");

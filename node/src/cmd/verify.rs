@@ -24,7 +24,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let spec = args.chain.load()?;
     let bytes = std::fs::read(&args.artifact).with_context(|| format!("reading {}", args.artifact.display()))?;
     let mut checker = ReplayChecker::new(spec);
-    let outcome = if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+    let outcome = if super::looks_like_json(&bytes) {
         let text = std::str::from_utf8(&bytes).context("JSON artifact is not UTF-8")?;
         Artifact::from_json_str(text)
             .map_err(|e| Rejection::Unreadable(e.to_string()))
