@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. The reference vectors are read from
-# ../shared/vectors (beside the project root).
+# ../shared/vectors (beside the project root). Ends with one totals line, since
+# cargo's own last line belongs to whichever crate ran last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ ! -d ../shared/vectors ]]; then
   echo "error: ../shared/vectors is missing; tests need the reference vectors beside the project" >&2
   exit 1
 fi
-cargo test --workspace --locked "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
