@@ -9,5 +9,5 @@ pub mod surprisal;
 
 pub use distance::{distance2, TopLogprobs};
 pub use replay::{ReplayChecker, ReplayError, ReplayReport, StructureRule};
-pub use sampler::{choose_from, draw, Kept, Sampler};
+pub use sampler::{choose_from, draw, pick, Kept, Sampler};
 pub use surprisal::Surprisal;

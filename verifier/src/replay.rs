@@ -235,12 +235,8 @@ impl ReplayChecker {
                 return Err(ReplayError::ChosenNotSampleable { position, token: view.chosen_token() });
             };
             if let Some(seed) = &run_seed {
-                let expected = if kept.len() == 1 {
-                    kept[0].index
-                } else {
-                    crate::sampler::choose_from(kept, crate::sampler::draw(seed, position as u32))
-                        .expect("a non-empty kept set always yields a choice")
-                };
+                let expected = crate::sampler::pick(kept, seed, position as u32)
+                    .expect("the kept set holds the chosen candidate, so it is not empty");
                 if expected != logged {
                     return Err(ReplayError::ReplayMismatch { position, expected, logged });
                 }

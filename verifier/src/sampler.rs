@@ -116,11 +116,17 @@ impl Sampler {
         run_seed: &[u8; 32],
         position: u32,
     ) -> Option<usize> {
-        let kept = self.distribution(candidates, history, params);
-        if kept.len() <= 1 {
-            return kept.first().map(|k| k.index);
-        }
-        choose_from(kept, draw(run_seed, position))
+        pick(self.distribution(candidates, history, params), run_seed, position)
+    }
+}
+
+/// Steps 7–8 for a distribution of steps 2–5: the seeded choice at `position`.
+/// A single kept candidate needs no draw.
+pub fn pick(kept: &[Kept], run_seed: &[u8; 32], position: u32) -> Option<usize> {
+    match kept {
+        [] => None,
+        [only] => Some(only.index),
+        _ => choose_from(kept, draw(run_seed, position)),
     }
 }
 
