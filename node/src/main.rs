@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "poi",
     version,
-    about = "Proof-of-inference validator node: check, compare and (soon) validate LLM inference artifacts"
+    about = "Proof-of-inference validator node: mine, check and compare LLM inference artifacts"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -21,9 +21,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the replay check on an artifact file (canonical binary or JSON view)
-    /// and print the verdict and its figures. Exit status 0: passes; 1: rejected.
+    /// Check an artifact file (canonical binary or JSON view): the replay check,
+    /// and with --full the model re-run. Exit status 0: accepted; 1: rejected.
     Verify(cmd::verify::Args),
+    /// Generate with the pinned model and sampler v1, then write a signed
+    /// inference artifact.
+    Mine(cmd::mine::Args),
     /// Compare two OpenAI-compatible responses with logprobs (e.g. two vLLM
     /// servers given the same prompt and tokens): distance2 and match ratio.
     Compare(cmd::compare::Args),
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Verify(args) => cmd::verify::run(args),
         Command::Compare(args) => cmd::compare::run(args),
+        Command::Mine(args) => cmd::mine::run(args),
         Command::Keys(command) => cmd::keys::run(command),
         Command::Convert(args) => cmd::convert::run(args),
         Command::Bench(command) => cmd::bench::run(command),

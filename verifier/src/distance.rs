@@ -38,7 +38,9 @@ pub fn distance2<K: PartialEq>(inference: &[TopLogprobs<K>], validation: &[TopLo
     (distance, match_ratio)
 }
 
-fn position_distance<K: PartialEq>(inference: &[(K, f64)], validation: &[(K, f64)]) -> (f64, usize) {
+/// One position's summand of `distance2` and how many of the prover's tokens
+/// the validator also listed.
+pub fn position_distance<K: PartialEq>(inference: &[(K, f64)], validation: &[(K, f64)]) -> (f64, usize) {
     if validation.is_empty() {
         return (inference.len() as f64, 0);
     }

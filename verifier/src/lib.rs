@@ -2,10 +2,16 @@
 //! `distance2` and the match ratio, and the surprisal test. No networking or
 //! storage here.
 
+pub mod chat;
 pub mod distance;
+pub mod full_check;
+pub mod generate;
+pub mod model;
 pub mod replay;
+pub mod runtime;
 pub mod sampler;
 pub mod surprisal;
+pub mod tokenizer;
 
 pub use distance::{distance2, TopLogprobs};
 pub use replay::{ReplayChecker, ReplayError, ReplayReport, StructureRule};

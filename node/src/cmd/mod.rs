@@ -2,6 +2,8 @@ pub mod bench;
 pub mod compare;
 pub mod convert;
 pub mod keys;
+pub mod mine;
+pub mod model;
 pub mod verify;
 
 use std::path::Path;

@@ -3,9 +3,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use poi_artifact::Artifact;
+use poi_verifier::full_check::{full_check, FullCheckReport};
 use poi_verifier::{ReplayChecker, ReplayError, ReplayReport};
 use serde_json::json;
 
+use super::model::ModelArgs;
 use crate::ChainArg;
 
 #[derive(clap::Args)]
@@ -18,6 +20,15 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Also run the full distribution check: re-run the pinned model over the
+    /// artifact's tokens and compare its top-k with the logged candidates.
+    #[arg(long)]
+    full: bool,
+    /// With --full: print every position's distance and ranks.
+    #[arg(long, requires = "full")]
+    positions: bool,
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -32,13 +43,53 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         checker.check_bytes(&bytes).map_err(Rejection::Replay)
     };
-    let threshold = checker.spec().thresholds.max_surprisal_z;
+    let spec = checker.spec();
+    let full = match (&outcome, args.full) {
+        (Ok((artifact, _)), true) => {
+            let runtime = args.model.load(spec)?;
+            Some(full_check(&runtime.model, artifact, &spec.thresholds).context("full check")?)
+        }
+        _ => None,
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&as_json(&outcome))?);
+        let mut value = as_json(&outcome);
+        if let Some(report) = &full {
+            value["full_check"] = full_json(report, args.positions)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        print_text(&outcome, threshold);
+        print_text(&outcome, spec.thresholds.max_surprisal_z);
+        if let Some(report) = &full {
+            print_full(report, args.positions);
+        }
     }
-    Ok(if outcome.is_ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    let accepted = outcome.is_ok() && full.as_ref().is_none_or(|r| r.accepted);
+    Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn full_json(report: &FullCheckReport, positions: bool) -> anyhow::Result<serde_json::Value> {
+    let mut value = serde_json::to_value(report)?;
+    if !positions {
+        value.as_object_mut().expect("a struct").remove("positions");
+    }
+    Ok(value)
+}
+
+fn print_full(report: &FullCheckReport, positions: bool) {
+    if positions {
+        println!("position  token  distance  matches  validator rank of chosen");
+        for p in &report.positions {
+            let rank = p.validator_rank.map_or("-".to_string(), |r| r.to_string());
+            println!("{:>8}  {:>5}  {:>8.5}  {:>7}  {rank:>4}", p.position, p.chosen, p.distance, p.matches);
+        }
+    }
+    println!("profile    {}", report.profile_id);
+    println!("distance2  {:.6}", report.distance2);
+    println!("match      {:.4}", report.match_ratio);
+    match &report.reason {
+        None => println!("verdict    ACCEPT (full check)"),
+        Some(reason) => println!("verdict    REJECT (full check): {reason}"),
+    }
 }
 
 enum Rejection {

@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""Writes verifier/tests/data/llama-cpp-reference.json from llama.cpp and the
+pinned GGUF: the tokenization of fixed texts (our tokenizer must match it) and
+a greedy continuation of a chat prompt (our forward pass must reproduce it).
+
+Usage: pip install llama-cpp-python && scripts/llama-cpp-reference.py [GGUF]
+"""
+import json, os, sys
+import llama_cpp
+
+model = sys.argv[1] if len(sys.argv) > 1 else os.path.expanduser(
+    "~/.cache/poi/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+texts = [
+    "Hello world",
+    "The capital of France is Paris.",
+    "  leading spaces and trailing  ",
+    "numbers 1234567 and 3.14159, dates 2026-11-25",
+    "it's they're we've I'm you'll he'd",
+    "Ünïcödé: naïve café, 日本語のテキスト, emoji 🎉🚀, Ελληνικά",
+    "code: fn main() {\n    println!(\"{}\", x + 1);\n}\n\ttabbed\r\nwindows",
+    "multiple\n\n\nnewlines    and     spaces",
+    "<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n",
+    "special <|endoftext|> in the middle, <file_sep> too",
+    "mixed123abc 456def ٣٤٥ arabic digits",
+    "a" * 50 + " " + "ab" * 20,
+]
+llm = llama_cpp.Llama(model_path=model, n_ctx=512, n_threads=2, verbose=False)
+cases = []
+for text in texts:
+    for special in (True, False):
+        ids = llm.tokenize(text.encode(), add_bos=False, special=special)
+        cases.append({"text": text, "special": special, "ids": ids})
+chat = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
+prompt = llm.tokenize(chat.encode(), add_bos=False, special=True)
+greedy = []
+for token in llm.generate(prompt, temp=0.0, repeat_penalty=1.0, top_k=1):
+    greedy.append(token)
+    if len(greedy) == 32 or token == llm.token_eos():
+        break
+out = os.path.join(os.path.dirname(__file__), "..", "verifier", "tests", "data", "llama-cpp-reference.json")
+with open(out, "w") as f:
+    json.dump({"generator": f"llama-cpp-python {llama_cpp.__version__}", "cases": cases,
+               "greedy": {"prompt": prompt, "tokens": greedy}}, f, indent=1, ensure_ascii=False)
+    f.write("\n")
+print(f"wrote {len(cases)} tokenizer cases and {len(greedy)} greedy tokens to {out}")

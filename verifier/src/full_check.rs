@@ -1,0 +1,92 @@
+//! The full distribution check (DESIGN §5): re-run the pinned model over the
+//! artifact's tokens and compare its top-k with what the miner logged.
+
+use poi_artifact::Artifact;
+use poi_chain_spec::Thresholds;
+use serde::Serialize;
+
+use crate::distance::{distance2, position_distance, TopLogprobs};
+use crate::generate::teacher_forced_top_k;
+use crate::model::{Llama, ModelError, TopCandidate};
+
+/// One generated position, for reports.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PositionDetail {
+    pub position: usize,
+    pub chosen: u32,
+    /// This position's summand of `distance2` (before smoothing).
+    pub distance: f64,
+    /// Logged candidates that are also in the validator's top k.
+    pub matches: usize,
+    /// Where the chosen token ranks in the validator's top k (0 = first).
+    pub validator_rank: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FullCheckReport {
+    pub profile_id: String,
+    pub distance2: f64,
+    pub match_ratio: f64,
+    pub accepted: bool,
+    /// Why not, when not accepted.
+    pub reason: Option<String>,
+    pub positions: Vec<PositionDetail>,
+}
+
+/// Runs the check with `model` (whose profile the report names) against the
+/// chain's thresholds. The artifact should have passed the replay check: this
+/// looks only at the distributions.
+pub fn full_check(model: &Llama, artifact: &Artifact, thresholds: &Thresholds) -> Result<FullCheckReport, ModelError> {
+    let body = &artifact.body;
+    let prompt = &body.request.prompt_tokens;
+    let generated = body.generation.chosen_tokens();
+    let validator = teacher_forced_top_k(model, prompt, &generated, &body.sampling, body.generation.k())?;
+    let logged: Vec<TopLogprobs<u32>> = body
+        .generation
+        .positions()
+        .map(|p| TopLogprobs {
+            chosen: p.chosen_token(),
+            entries: p.candidates().map(|c| (c.token, f64::from(c.logprob.to_f32()))).collect(),
+        })
+        .collect();
+    Ok(compare(model.profile().id.clone(), &logged, &validator, thresholds))
+}
+
+/// `distance2` and the verdict between logged positions and a validator's
+/// top-k lists for the same tokens.
+pub fn compare(
+    profile_id: String,
+    logged: &[TopLogprobs<u32>],
+    validator: &[Vec<TopCandidate>],
+    thresholds: &Thresholds,
+) -> FullCheckReport {
+    let validated: Vec<TopLogprobs<u32>> = validator
+        .iter()
+        .zip(logged)
+        .map(|(top, l)| TopLogprobs {
+            chosen: l.chosen,
+            entries: top.iter().map(|c| (c.token, f64::from(c.logprob))).collect(),
+        })
+        .collect();
+    let (distance2, match_ratio) = distance2(logged, &validated);
+    let positions = logged
+        .iter()
+        .zip(&validated)
+        .enumerate()
+        .map(|(position, (l, v))| {
+            let (distance, matches) = position_distance(&l.entries, &v.entries);
+            let validator_rank = v.entries.iter().position(|(t, _)| *t == l.chosen);
+            PositionDetail { position, chosen: l.chosen, distance, matches, validator_rank }
+        })
+        .collect();
+    let reason = if distance2 < 0.0 {
+        Some("nothing to compare".to_string())
+    } else if distance2 > thresholds.max_distance2 {
+        Some(format!("distance2 {distance2:.6} exceeds {}", thresholds.max_distance2))
+    } else if match_ratio < thresholds.min_match_ratio {
+        Some(format!("match ratio {match_ratio:.4} is below {}", thresholds.min_match_ratio))
+    } else {
+        None
+    };
+    FullCheckReport { profile_id, distance2, match_ratio, accepted: reason.is_none(), reason, positions }
+}

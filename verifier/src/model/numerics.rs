@@ -1,0 +1,144 @@
+//! Numerics profiles (DESIGN §5): each one is honoured exactly or refused with
+//! the reason. Nothing here reads candle's `CANDLE_DEQUANTIZE_ALL*` variables:
+//! `QMatMul::from_arc` does, which would let the environment change the
+//! numbers behind the chain spec's back, so layers are built variant by variant.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Tensor};
+use poi_chain_spec::{ActivationDtype, DeviceClass, MatmulKernel, NumericsProfile, WeightFormat};
+
+use super::ModelError;
+
+/// A profile checked against this build and machine.
+#[derive(Clone, Debug)]
+pub struct Numerics {
+    profile: NumericsProfile,
+    device: Device,
+}
+
+impl Numerics {
+    pub fn resolve(profile: &NumericsProfile) -> Result<Self, ModelError> {
+        let refuse =
+            |reason: &str| Err(ModelError::Unsupported { profile: profile.id.clone(), reason: reason.to_string() });
+        let quantized_weights =
+            matches!(profile.weights, WeightFormat::GgufNative | WeightFormat::RequantQ4_0 | WeightFormat::RequantQ2k);
+        match (quantized_weights, profile.matmul) {
+            (true, MatmulKernel::CandleDense) => return refuse("quantized weights need the candle-quantized matmul"),
+            (false, MatmulKernel::CandleQuantized) => {
+                return refuse("dequantized weights need the candle-dense matmul")
+            }
+            _ => {}
+        }
+        match (profile.weights, profile.activations) {
+            (WeightFormat::DequantF16, _) | (_, ActivationDtype::F32) => {}
+            _ => return refuse("f16 activations are only defined with dequant-f16 weights"),
+        }
+        let device = match profile.device {
+            DeviceClass::Cpu => Device::Cpu,
+            DeviceClass::Cuda => match cuda_device() {
+                Ok(device) => device,
+                Err(reason) => return refuse(&reason),
+            },
+        };
+        Ok(Self { profile: profile.clone(), device })
+    }
+
+    pub fn profile(&self) -> &NumericsProfile {
+        &self.profile
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The dtype activations travel in between matmuls; norms, rotary
+    /// embeddings and softmax always run in f32.
+    pub fn matmul_input_dtype(&self) -> DType {
+        match self.profile.activations {
+            ActivationDtype::F32 => DType::F32,
+            ActivationDtype::F16 => DType::F16,
+        }
+    }
+
+    /// The weights as this profile computes with them, still in `QTensor`
+    /// form so that callers can also dequantize them for the embedding table.
+    pub fn convert(&self, weights: QTensor) -> Result<QTensor, ModelError> {
+        let target = match self.profile.weights {
+            WeightFormat::RequantQ4_0 => GgmlDType::Q4_0,
+            WeightFormat::RequantQ2k => GgmlDType::Q2K,
+            _ => return Ok(weights),
+        };
+        let row_len = *weights.shape().dims().last().unwrap_or(&0);
+        // As llama.cpp does for k-quants: rows that are not a whole number of
+        // 256-wide super-blocks get q4_0 instead. Stated in the profile's docs.
+        let target = if row_len % target.block_size() == 0 { target } else { GgmlDType::Q4_0 };
+        if weights.dtype() == target {
+            return Ok(weights);
+        }
+        let dense = weights.dequantize(&Device::Cpu)?;
+        Ok(QTensor::quantize_onto(&dense, target, &self.device)?)
+    }
+
+    /// A matmul layer for weights of shape (out, in).
+    pub fn linear(&self, weights: QTensor) -> Result<QMatMul, ModelError> {
+        let weights = self.convert(weights)?;
+        Ok(match (self.profile.weights, self.profile.activations) {
+            (WeightFormat::DequantF32, _) => QMatMul::Tensor(weights.dequantize(&self.device)?),
+            (WeightFormat::DequantF16, ActivationDtype::F32) => {
+                QMatMul::Tensor(weights.dequantize_f16(&self.device)?.to_dtype(DType::F32)?)
+            }
+            (WeightFormat::DequantF16, ActivationDtype::F16) => {
+                QMatMul::TensorF16(weights.dequantize_f16(&self.device)?)
+            }
+            _ => QMatMul::QTensor(Arc::new(weights)),
+        })
+    }
+
+    /// Dense f32 values of `weights` as this profile sees them (embedding
+    /// lookups and norms).
+    pub fn dense(&self, weights: QTensor) -> Result<Tensor, ModelError> {
+        let weights = self.convert(weights)?;
+        let dense = match self.profile.weights {
+            WeightFormat::DequantF16 => weights.dequantize_f16(&self.device)?.to_dtype(DType::F32)?,
+            _ => weights.dequantize(&self.device)?,
+        };
+        Ok(dense)
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device() -> Result<Device, String> {
+    Device::new_cuda(0).map_err(|e| format!("no usable CUDA device: {e}"))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device() -> Result<Device, String> {
+    Err("this binary was built without the `cuda` feature".to_string())
+}
+
+/// The profiles the experiments compare, by id.
+pub fn builtin_profiles() -> Vec<NumericsProfile> {
+    let profile = |id: &str, weights, activations, matmul| NumericsProfile {
+        id: id.to_string(),
+        weights,
+        activations,
+        matmul,
+        device: DeviceClass::Cpu,
+    };
+    use ActivationDtype::*;
+    use MatmulKernel::*;
+    use WeightFormat::*;
+    vec![
+        profile("gguf-native-cpu", GgufNative, F32, CandleQuantized),
+        profile("dequant-f32-cpu", DequantF32, F32, CandleDense),
+        profile("dequant-f16-cpu", DequantF16, F16, CandleDense),
+        profile("requant-q4_0-cpu", RequantQ4_0, F32, CandleQuantized),
+        profile("requant-q2k-cpu", RequantQ2k, F32, CandleQuantized),
+    ]
+}
+
+pub fn builtin_profile(id: &str) -> Option<NumericsProfile> {
+    builtin_profiles().into_iter().find(|p| p.id == id)
+}
