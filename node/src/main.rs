@@ -57,12 +57,32 @@ impl ChainArg {
     }
 }
 
+/// The build enables these features for candle's kernels (`.cargo/config.toml`);
+/// say so plainly rather than die of an illegal instruction.
+fn check_cpu() -> Result<(), &'static str> {
+    #[cfg(target_arch = "x86_64")]
+    for (name, present) in [
+        ("avx2", std::arch::is_x86_feature_detected!("avx2")),
+        ("fma", std::arch::is_x86_feature_detected!("fma")),
+        ("f16c", std::arch::is_x86_feature_detected!("f16c")),
+    ] {
+        if !present {
+            return Err(name);
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Err(missing) = check_cpu() {
+        eprintln!("error: this CPU lacks {missing}, which poi's x86-64 build requires (see .cargo/config.toml)");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Verify(args) => cmd::verify::run(args),
         Command::Compare(args) => cmd::compare::run(args),

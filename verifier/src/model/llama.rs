@@ -1,6 +1,9 @@
 //! The llama forward pass. One code path serves teacher-forced prefill (many
 //! tokens, logits at every position) and incremental decoding (one token at a
-//! time against the KV cache); only the shapes differ.
+//! time against the KV cache); only the shapes differ, and every kernel on the
+//! path computes a row the same way whatever the shape (candle's quantized
+//! matmul works row by row; attention is ours, see `attention`), so decode and
+//! prefill agree bit for bit under the quantized profiles.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
@@ -11,6 +14,7 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor, D};
 use poi_chain_spec::NumericsProfile;
 
+use super::attention::{LayerCache, Rotary, Shape};
 use super::{LlamaConfig, ModelError, Numerics};
 
 struct Layer {
@@ -27,7 +31,7 @@ struct Layer {
 
 /// Keys and values of every layer for the tokens seen so far.
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<LayerCache>,
     len: usize,
 }
 
@@ -49,8 +53,7 @@ pub struct Llama {
     layers: Vec<Layer>,
     output_norm: Tensor,
     output: QMatMul,
-    cos: Tensor,
-    sin: Tensor,
+    rotary: Rotary,
 }
 
 impl Llama {
@@ -98,8 +101,8 @@ impl Llama {
         let output_name =
             if content.tensor_infos.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" };
         let output = numerics.linear(tensor(output_name)?)?;
-        let (cos, sin) = rotary_tables(&config, &device)?;
-        Ok(Self { config, numerics, embeddings, layers, output_norm, output, cos, sin })
+        let rotary = Rotary::new(config.head_dim(), config.rope_base, config.context_length);
+        Ok(Self { config, numerics, embeddings, layers, output_norm, output, rotary })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -111,7 +114,7 @@ impl Llama {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache { layers: vec![None; self.config.n_layers], len: 0 }
+        KvCache { layers: vec![LayerCache::default(); self.config.n_layers], len: 0 }
     }
 
     /// Runs `tokens` after what `cache` holds and returns the log-softmax over
@@ -131,9 +134,8 @@ impl Llama {
         let device = self.numerics.device();
         let ids = Tensor::new(tokens, device)?;
         let mut x = self.embeddings.index_select(&ids, 0)?;
-        let mask = causal_mask(n, offset, device)?;
-        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = self.block(layer, &x, offset, mask.as_ref(), slot)?;
+        for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = self.block(layer, &x, offset, layer_cache)?;
         }
         cache.len += n;
         if first_output >= n {
@@ -145,86 +147,29 @@ impl Llama {
         Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
     }
 
-    fn block(
-        &self,
-        layer: &Layer,
-        x: &Tensor,
-        offset: usize,
-        mask: Option<&Tensor>,
-        cache: &mut Option<(Tensor, Tensor)>,
-    ) -> Result<Tensor, ModelError> {
+    fn block(&self, layer: &Layer, x: &Tensor, offset: usize, cache: &mut LayerCache) -> Result<Tensor, ModelError> {
         let eps = self.config.rms_eps;
         let h = candle_nn::ops::rms_norm(x, &layer.attn_norm, eps)?;
-        let attended = self.attention(layer, &h, offset, mask, cache)?;
+        let attended = self.attention(layer, &h, offset, cache)?;
         let x = (x + attended)?;
         let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
         let gated = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
         Ok((x + layer.down.forward(&gated)?)?)
     }
 
-    fn attention(
-        &self,
-        layer: &Layer,
-        h: &Tensor,
-        offset: usize,
-        mask: Option<&Tensor>,
-        cache: &mut Option<(Tensor, Tensor)>,
-    ) -> Result<Tensor, ModelError> {
+    fn attention(&self, layer: &Layer, h: &Tensor, offset: usize, cache: &mut LayerCache) -> Result<Tensor, ModelError> {
         let c = &self.config;
-        let (n, head_dim) = (h.dim(0)?, c.head_dim());
-        let heads = |t: Tensor, count: usize| t.reshape((1, n, count, head_dim))?.transpose(1, 2)?.contiguous();
-        let cos = self.cos.narrow(0, offset, n)?;
-        let sin = self.sin.narrow(0, offset, n)?;
-        // GGUF stores q and k permuted for interleaved rotary pairs.
-        let q = rope_fn(&heads(layer.wq.forward(h)?, c.n_heads)?, &cos, &sin)?;
-        let k = rope_fn(&heads(layer.wk.forward(h)?, c.n_kv_heads)?, &cos, &sin)?;
-        let v = heads(layer.wv.forward(h)?, c.n_kv_heads)?;
-        let (k, v) = match cache.take() {
-            Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 2)?, Tensor::cat(&[&past_v, &v], 2)?),
-            None => (k, v),
-        };
-        *cache = Some((k.clone(), v.clone()));
-        let group = c.n_heads / c.n_kv_heads;
-        let k = repeat_kv(&k, group)?;
-        let v = repeat_kv(&v, group)?;
-        let scale = 1.0 / (head_dim as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = weights.matmul(&v)?.transpose(1, 2)?.reshape((n, c.hidden_size))?;
+        let shape = Shape { heads: c.n_heads, kv_heads: c.n_kv_heads, head_dim: c.head_dim() };
+        let rows = |t: Tensor| -> candle_core::Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
+        let mut q = rows(layer.wq.forward(h)?)?;
+        let mut k = rows(layer.wk.forward(h)?)?;
+        let v = rows(layer.wv.forward(h)?)?;
+        self.rotary.apply(&mut q, c.hidden_size, offset);
+        self.rotary.apply(&mut k, c.n_kv_heads * c.head_dim(), offset);
+        let out = cache.attend(&shape, &q, &k, &v);
+        let out = Tensor::from_vec(out, (h.dim(0)?, c.hidden_size), h.device())?;
         Ok(layer.wo.forward(&out)?)
     }
-}
-
-fn repeat_kv(x: &Tensor, group: usize) -> candle_core::Result<Tensor> {
-    if group == 1 {
-        return Ok(x.clone());
-    }
-    let (b, heads, len, dim) = x.dims4()?;
-    x.unsqueeze(2)?.expand((b, heads, group, len, dim))?.reshape((b, heads * group, len, dim))
-}
-
-/// (n, offset + n) additive mask: query i sees keys up to offset + i.
-fn causal_mask(n: usize, offset: usize, device: &Device) -> candle_core::Result<Option<Tensor>> {
-    if n == 1 {
-        return Ok(None);
-    }
-    let total = offset + n;
-    let values: Vec<f32> =
-        (0..n).flat_map(|i| (0..total).map(move |j| if j > offset + i { f32::NEG_INFINITY } else { 0.0 })).collect();
-    Tensor::from_vec(values, (n, total), device).map(Some)
-}
-
-fn rotary_tables(c: &LlamaConfig, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-    let half = c.head_dim() / 2;
-    let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / c.rope_base.powf(2.0 * i as f32 / c.head_dim() as f32)).collect();
-    let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
-    let positions =
-        Tensor::arange(0u32, c.context_length as u32, device)?.to_dtype(DType::F32)?.reshape((c.context_length, 1))?;
-    let angles = positions.matmul(&inv_freq)?;
-    Ok((angles.cos()?, angles.sin()?))
 }
 
 fn check_shape(t: &Tensor, expected: &[usize], name: &str) -> Result<(), ModelError> {
@@ -232,11 +177,4 @@ fn check_shape(t: &Tensor, expected: &[usize], name: &str) -> Result<(), ModelEr
         return Err(ModelError::Metadata(format!("{name} has shape {:?}, expected {expected:?}", t.dims())));
     }
     Ok(())
-}
-fn rope_fn(x: &Tensor, c: &Tensor, s: &Tensor) -> candle_core::Result<Tensor> {
-    if std::env::var("ROPE_NORMAL").is_ok() {
-        candle_nn::rotary_emb::rope(x, c, s)
-    } else {
-        candle_nn::rotary_emb::rope_i(x, c, s)
-    }
 }

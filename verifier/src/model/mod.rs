@@ -3,6 +3,7 @@
 //! quantized llama keeps only the last position, which cannot serve the full
 //! check.
 
+mod attention;
 mod config;
 mod error;
 mod llama;
