@@ -60,7 +60,7 @@ pub fn generate(
     let mut selector = PenalisedTopK::new(config.vocab_size, usize::from(k), prompt);
     let mut sampler = Sampler::new();
     let mut out = Generated { positions: Vec::new(), tokens: Vec::new(), finish_reason: FinishReason::MaxTokens };
-    let mut logprobs = model.forward(prompt, &mut cache, prompt.len() - 1)?.squeeze(0)?.to_vec1::<f32>()?;
+    let mut logprobs = model.forward(prompt, &mut cache, prompt.len() - 1)?;
     for position in 0..max_tokens {
         let top = selector.select(&logprobs, &history, params);
         let logged = logged_candidates(&top, &history, params);
@@ -84,7 +84,7 @@ pub fn generate(
         }
         history.push(token);
         selector.note(token);
-        logprobs = model.forward(&[token], &mut cache, 0)?.squeeze(0)?.to_vec1::<f32>()?;
+        logprobs = model.forward(&[token], &mut cache, 0)?;
     }
     Ok(out)
 }
@@ -109,7 +109,7 @@ pub fn teacher_forced(
     for (c, chunk) in input.chunks(PREFILL_CHUNK).enumerate() {
         let start = c * PREFILL_CHUNK;
         let first_output = first_prediction.saturating_sub(start);
-        let rows = model.forward(chunk, &mut cache, first_output)?.flatten_all()?.to_vec1::<f32>()?;
+        let rows = model.forward(chunk, &mut cache, first_output)?;
         for row in rows.chunks_exact(vocab) {
             each(next, row);
             next += 1;

@@ -47,10 +47,7 @@ fn prefill_rows(model: &Llama, tokens: &[u32]) -> Vec<Vec<f32>> {
 
 fn decode_rows(model: &Llama, tokens: &[u32]) -> Vec<Vec<f32>> {
     let mut cache = model.new_cache();
-    tokens[..tokens.len() - 1]
-        .iter()
-        .map(|&t| model.forward(&[t], &mut cache, 0).unwrap().squeeze(0).unwrap().to_vec1().unwrap())
-        .collect()
+    tokens[..tokens.len() - 1].iter().map(|&t| model.forward(&[t], &mut cache, 0).unwrap()).collect()
 }
 
 fn pseudo_tokens(n: usize) -> Vec<u32> {

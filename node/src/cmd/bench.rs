@@ -25,6 +25,11 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 256)]
         positions: usize,
     },
+    /// Model speed on this machine, side by side in one run: generating N
+    /// tokens with the KV cache (the miner) against the teacher-forced prefill
+    /// of the same tokens (the full check), optionally against llama.cpp's
+    /// prompt processing and generation on the same GGUF; peak memory.
+    Model(super::bench_model::Args),
 }
 
 #[derive(Deserialize)]
@@ -65,7 +70,10 @@ impl Side {
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
-    let BenchCommand::Size { vectors, positions } = command;
+    let (vectors, positions) = match command {
+        BenchCommand::Size { vectors, positions } => (vectors, positions),
+        BenchCommand::Model(args) => return super::bench_model::run(args),
+    };
     let text = std::fs::read_to_string(&vectors).with_context(|| format!("reading {}", vectors.display()))?;
     let file: VectorFile = serde_json::from_str(&text).context("not a distance2 vector file")?;
     let spec = ChainSpec::devnet();

@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bench_model;
 pub mod compare;
 pub mod convert;
 pub mod keys;

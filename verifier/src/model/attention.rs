@@ -34,8 +34,7 @@ pub struct Rotary {
 impl Rotary {
     pub fn new(head_dim: usize, base: f32, context_length: usize) -> Self {
         let half = head_dim / 2;
-        let inv_freq: Vec<f32> =
-            (0..half).map(|i| 1.0 / libm::powf(base, 2.0 * i as f32 / head_dim as f32)).collect();
+        let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / libm::powf(base, 2.0 * i as f32 / head_dim as f32)).collect();
         let mut cos = Vec::with_capacity(context_length * half);
         let mut sin = Vec::with_capacity(context_length * half);
         for position in 0..context_length {
@@ -134,7 +133,9 @@ mod tests {
     use super::*;
 
     fn pseudo(n: usize, seed: u32) -> Vec<f32> {
-        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 2000) as f32 / 500.0 - 2.0).collect()
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 16) % 2000) as f32 / 500.0 - 2.0)
+            .collect()
     }
 
     #[test]
@@ -146,7 +147,12 @@ mod tests {
         let mut cache = LayerCache::default();
         let mut stepwise = Vec::new();
         for i in 0..n {
-            stepwise.extend(cache.attend(&shape, &q[i * 64..(i + 1) * 64], &k[i * 32..(i + 1) * 32], &v[i * 32..(i + 1) * 32]));
+            stepwise.extend(cache.attend(
+                &shape,
+                &q[i * 64..(i + 1) * 64],
+                &k[i * 32..(i + 1) * 32],
+                &v[i * 32..(i + 1) * 32],
+            ));
         }
         assert_eq!(batch, stepwise);
         assert_eq!(cache.len(&shape), n);

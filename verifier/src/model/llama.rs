@@ -10,23 +10,25 @@ use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::Content;
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::quantized::QTensor;
+use candle_core::{Device, Tensor};
 use poi_chain_spec::NumericsProfile;
+use rayon::prelude::*;
 
 use super::attention::{LayerCache, Rotary, Shape};
+use super::numerics::Linear;
 use super::{LlamaConfig, ModelError, Numerics};
 
 struct Layer {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
 }
 
 /// Keys and values of every layer for the tokens seen so far.
@@ -52,7 +54,7 @@ pub struct Llama {
     embeddings: Tensor,
     layers: Vec<Layer>,
     output_norm: Tensor,
-    output: QMatMul,
+    output: Linear,
     rotary: Rotary,
 }
 
@@ -118,10 +120,10 @@ impl Llama {
     }
 
     /// Runs `tokens` after what `cache` holds and returns the log-softmax over
-    /// the vocabulary, shape (rows, vocab) in f32, for the positions from
+    /// the vocabulary, row-major (rows × vocab), for the positions from
     /// `first_output` on (relative to `tokens`): the prompt's positions before
     /// the first prediction need no output projection.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, first_output: usize) -> Result<Tensor, ModelError> {
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, first_output: usize) -> Result<Vec<f32>, ModelError> {
         let n = tokens.len();
         let offset = cache.len;
         if offset + n > self.config.context_length {
@@ -139,12 +141,13 @@ impl Llama {
         }
         cache.len += n;
         if first_output >= n {
-            return Ok(Tensor::zeros((0, self.config.vocab_size), DType::F32, device)?);
+            return Ok(Vec::new());
         }
         let x = x.narrow(0, first_output, n - first_output)?;
         let x = candle_nn::ops::rms_norm(&x, &self.output_norm, self.config.rms_eps)?;
-        let logits = self.output.forward(&x)?;
-        Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
+        let mut rows = self.output.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        rows.par_chunks_mut(self.config.vocab_size).for_each(log_softmax_in_place);
+        Ok(rows)
     }
 
     fn block(&self, layer: &Layer, x: &Tensor, offset: usize, cache: &mut LayerCache) -> Result<Tensor, ModelError> {
@@ -157,7 +160,13 @@ impl Llama {
         Ok((x + layer.down.forward(&gated)?)?)
     }
 
-    fn attention(&self, layer: &Layer, h: &Tensor, offset: usize, cache: &mut LayerCache) -> Result<Tensor, ModelError> {
+    fn attention(
+        &self,
+        layer: &Layer,
+        h: &Tensor,
+        offset: usize,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor, ModelError> {
         let c = &self.config;
         let shape = Shape { heads: c.n_heads, kv_heads: c.n_kv_heads, head_dim: c.head_dim() };
         let rows = |t: Tensor| -> candle_core::Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
@@ -170,6 +179,22 @@ impl Llama {
         let out = Tensor::from_vec(out, (h.dim(0)?, c.hidden_size), h.device())?;
         Ok(layer.wo.forward(&out)?)
     }
+}
+
+/// Fixed summation order and `libm`'s `expf`/`logf`, so every platform and
+/// batch shape gives the same log-probs from the same logits.
+fn log_softmax_in_place(row: &mut [f32]) {
+    const LANES: usize = 8;
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut lanes = [0f32; LANES];
+    for chunk in row.chunks(LANES) {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane += libm::expf(x - max);
+        }
+    }
+    let total = lanes.iter().sum::<f32>();
+    let log_total = max + libm::logf(total);
+    row.iter_mut().for_each(|x| *x -= log_total);
 }
 
 fn check_shape(t: &Tensor, expected: &[usize], name: &str) -> Result<(), ModelError> {

@@ -8,6 +8,7 @@ mod config;
 mod error;
 mod llama;
 mod numerics;
+mod qmatmul;
 mod topk;
 
 pub use config::LlamaConfig;

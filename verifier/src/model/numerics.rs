@@ -9,7 +9,29 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 use poi_chain_spec::{ActivationDtype, DeviceClass, MatmulKernel, NumericsProfile, WeightFormat};
 
+use super::qmatmul::TiledQMatMul;
 use super::ModelError;
+
+/// One matmul layer as the profile computes it.
+pub enum Linear {
+    /// q4_1 / q8_0 weights on the CPU: our tiled kernel, same numbers as candle's.
+    Tiled(TiledQMatMul),
+    Candle(QMatMul),
+}
+
+impl Linear {
+    /// `x` is (rows, in); the result is (rows, out).
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Tiled(tiled) => {
+                let rows = x.dim(0)?;
+                let out = tiled.forward(&x.flatten_all()?.to_vec1::<f32>()?);
+                Tensor::from_vec(out, (rows, tiled.out_features()), x.device())
+            }
+            Self::Candle(matmul) => candle_core::Module::forward(matmul, x),
+        }
+    }
+}
 
 /// A profile checked against this build and machine.
 #[derive(Clone, Debug)]
@@ -82,9 +104,15 @@ impl Numerics {
     }
 
     /// A matmul layer for weights of shape (out, in).
-    pub fn linear(&self, weights: QTensor) -> Result<QMatMul, ModelError> {
+    pub fn linear(&self, weights: QTensor) -> Result<Linear, ModelError> {
         let weights = self.convert(weights)?;
-        Ok(match (self.profile.weights, self.profile.activations) {
+        let quantized = self.profile.matmul == MatmulKernel::CandleQuantized;
+        if quantized && self.device.is_cpu() {
+            if let Some(tiled) = TiledQMatMul::new(&weights)? {
+                return Ok(Linear::Tiled(tiled));
+            }
+        }
+        Ok(Linear::Candle(match (self.profile.weights, self.profile.activations) {
             (WeightFormat::DequantF32, _) => QMatMul::Tensor(weights.dequantize(&self.device)?),
             (WeightFormat::DequantF16, ActivationDtype::F32) => {
                 QMatMul::Tensor(weights.dequantize_f16(&self.device)?.to_dtype(DType::F32)?)
@@ -93,7 +121,7 @@ impl Numerics {
                 QMatMul::TensorF16(weights.dequantize_f16(&self.device)?)
             }
             _ => QMatMul::QTensor(Arc::new(weights)),
-        })
+        }))
     }
 
     /// Dense f32 values of `weights` as this profile sees them (embedding

@@ -1,0 +1,291 @@
+//! Quantized matmul for the file's own formats, bit-identical to candle's
+//! `QMatMul` (so the `candle-quantized` profile means the same numbers) but
+//! tiled: a small group of weight rows stays in cache while every activation
+//! row passes over it, which is what makes teacher-forced prefill fast.
+//!
+//! Activations are quantized by candle's own `from_float`; q8_0 weights use
+//! candle's own `vec_dot`. candle's q4_1 dot product has no SIMD version, so
+//! `dot_q4_1` computes the same thing: the block's integer sum (exact, in any
+//! order) with AVX2, then the same f32 operations in the same order.
+
+use candle_core::quantized::k_quants::{BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType};
+use candle_core::quantized::{GgmlDType, QTensor};
+use half::f16;
+use rayon::prelude::*;
+
+/// Output columns per parallel task.
+const TILE: usize = 32;
+const BLOCK: usize = 32;
+
+/// Field-for-field mirror of candle's `#[repr(C)]` q8_1 block, whose fields
+/// are private to candle. The size assert guards the layout.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Q8_1 {
+    d: f16,
+    s: f16,
+    qs: [i8; BLOCK],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Q4_1 {
+    d: f16,
+    m: f16,
+    qs: [u8; BLOCK / 2],
+}
+
+const _: () = assert!(std::mem::size_of::<Q4_1>() == std::mem::size_of::<BlockQ4_1>());
+const _: () = assert!(std::mem::size_of::<Q8_1>() == std::mem::size_of::<BlockQ8_1>());
+
+/// Weight rows handled together: one activation block is loaded once for
+/// all of them, and their f32 epilogues run as one 8-lane vector.
+const GROUP: usize = 8;
+
+/// q4_1 weights regrouped: for group g, block b, row r the index is
+/// `(g * blocks + b) * GROUP + r`; scales pre-converted to f32 (exact).
+struct Q4_1Groups {
+    qs: Vec<[u8; BLOCK / 2]>,
+    d: Vec<f32>,
+    m: Vec<f32>,
+    blocks: usize,
+}
+
+enum Weights {
+    Q4_1(Q4_1Groups),
+    Q8_0(Vec<BlockQ8_0>),
+}
+
+/// Weights of shape (out, in) for `x · Wᵀ`.
+pub struct TiledQMatMul {
+    weights: Weights,
+    out_features: usize,
+    in_features: usize,
+}
+
+impl TiledQMatMul {
+    /// `None` for formats this kernel does not cover (candle's `QMatMul`
+    /// serves those).
+    pub fn new(tensor: &QTensor) -> candle_core::Result<Option<Self>> {
+        let (out_features, in_features) = tensor.shape().dims2()?;
+        if in_features % BLOCK != 0 {
+            return Ok(None);
+        }
+        let bytes = tensor.data()?;
+        let weights = match tensor.dtype() {
+            GgmlDType::Q4_1 => Weights::Q4_1(group_q4_1(&bytes, out_features, in_features / BLOCK)),
+            GgmlDType::Q8_0 => Weights::Q8_0(blocks_from_bytes(&bytes)),
+            _ => return Ok(None),
+        };
+        Ok(Some(Self { weights, out_features, in_features }))
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    /// `rows` (m × in, row-major) times the weights: m × out, row-major.
+    pub fn forward(&self, rows: &[f32]) -> Vec<f32> {
+        let blocks = self.in_features / BLOCK;
+        let m = rows.len() / self.in_features;
+        match &self.weights {
+            Weights::Q4_1(w) => {
+                let x: Vec<BlockQ8_1> = quantize_rows(rows, self.in_features);
+                // SAFETY: same size and `repr(C)` field order as candle's block.
+                let x: &[Q8_1] = unsafe { std::slice::from_raw_parts(x.as_ptr().cast(), x.len()) };
+                let activations = Activations::new(x);
+                let groups = self.out_features.div_ceil(GROUP);
+                self.tiled(m, groups, GROUP, |group, row, out| {
+                    dot_q4_1_group(w, group, &activations, row * blocks, out)
+                })
+            }
+            Weights::Q8_0(w) => {
+                let x: Vec<BlockQ8_0> = quantize_rows(rows, self.in_features);
+                let k = self.in_features;
+                self.tiled(m, self.out_features, 1, |col, row, out| {
+                    out[0] = BlockQ8_0::vec_dot(
+                        k,
+                        &w[col * blocks..(col + 1) * blocks],
+                        &x[row * blocks..(row + 1) * blocks],
+                    );
+                })
+            }
+        }
+    }
+
+    /// Runs `unit(u, row, out)` for every unit of `width` output columns and
+    /// every activation row, units spread over threads a tile at a time.
+    fn tiled(&self, m: usize, units: usize, width: usize, unit: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec<f32> {
+        let n = self.out_features;
+        let per_tile = (TILE / width).max(1);
+        let tiles: Vec<(usize, Vec<f32>)> = (0..units.div_ceil(per_tile))
+            .into_par_iter()
+            .map(|tile| {
+                let units_here = tile * per_tile..((tile + 1) * per_tile).min(units);
+                let cols = units_here.len() * width;
+                let mut out = vec![0f32; m * cols];
+                for row in 0..m {
+                    for (i, u) in units_here.clone().enumerate() {
+                        unit(u, row, &mut out[row * cols + i * width..row * cols + (i + 1) * width]);
+                    }
+                }
+                (units_here.start * width, out)
+            })
+            .collect();
+        let mut dst = vec![0f32; m * n];
+        for (start, block) in tiles {
+            let cols = block.len() / m.max(1);
+            let keep = cols.min(n - start);
+            for (r, values) in block.chunks_exact(cols.max(1)).enumerate() {
+                dst[r * n + start..r * n + start + keep].copy_from_slice(&values[..keep]);
+            }
+        }
+        dst
+    }
+}
+
+/// Quantized activation blocks with their scales as f32 (exact conversions).
+struct Activations<'a> {
+    blocks: &'a [Q8_1],
+    d: Vec<f32>,
+    s: Vec<f32>,
+}
+
+impl<'a> Activations<'a> {
+    fn new(blocks: &'a [Q8_1]) -> Self {
+        Self {
+            blocks,
+            d: blocks.iter().map(|b| b.d.to_f32()).collect(),
+            s: blocks.iter().map(|b| b.s.to_f32()).collect(),
+        }
+    }
+}
+
+fn group_q4_1(bytes: &[u8], rows: usize, blocks: usize) -> Q4_1Groups {
+    let raw: Vec<BlockQ4_1> = blocks_from_bytes(bytes);
+    // SAFETY: same size and `repr(C)` field order as candle's block.
+    let raw: &[Q4_1] = unsafe { std::slice::from_raw_parts(raw.as_ptr().cast(), raw.len()) };
+    let groups = rows.div_ceil(GROUP);
+    let len = groups * blocks * GROUP;
+    // Padding rows are zero and their outputs are dropped.
+    let (mut qs, mut d, mut m) = (vec![[0u8; BLOCK / 2]; len], vec![0f32; len], vec![0f32; len]);
+    for row in 0..rows {
+        for b in 0..blocks {
+            let block = &raw[row * blocks + b];
+            let at = ((row / GROUP) * blocks + b) * GROUP + row % GROUP;
+            (qs[at], d[at], m[at]) = (block.qs, block.d.to_f32(), block.m.to_f32());
+        }
+    }
+    Q4_1Groups { qs, d, m, blocks }
+}
+
+fn blocks_from_bytes<T: GgmlType>(bytes: &[u8]) -> Vec<T> {
+    let mut blocks = vec![T::zeros(); bytes.len() / std::mem::size_of::<T>()];
+    // SAFETY: candle's blocks are `repr(C)` plain data; the GGUF bytes are
+    // exactly their in-memory form (that is how candle itself loads them).
+    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), blocks.as_mut_ptr().cast::<u8>(), bytes.len()) };
+    blocks
+}
+
+fn quantize_rows<T: GgmlType>(rows: &[f32], in_features: usize) -> Vec<T> {
+    let blocks = in_features / BLOCK;
+    let mut out = vec![T::zeros(); rows.len() / in_features * blocks];
+    for (row, q) in rows.chunks_exact(in_features).zip(out.chunks_exact_mut(blocks)) {
+        T::from_float(row, q);
+    }
+    out
+}
+
+/// candle's `BlockQ4_1::vec_dot_unopt` for the 8 rows of `group` against one
+/// activation row (blocks from `first`): per lane, exactly
+/// `sumf += sumi as f32 * dx * dy + mx * sy`, block after block.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+fn dot_q4_1_group(w: &Q4_1Groups, group: usize, x: &Activations<'_>, first: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    // SAFETY: AVX2 is enabled for the whole build; all loads are unaligned
+    // and within the slices' bounds.
+    unsafe {
+        let low_nibbles = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..w.blocks {
+            let y = &x.blocks[first + b];
+            let values = _mm256_loadu_si256(y.qs.as_ptr().cast());
+            let at = (group * w.blocks + b) * GROUP;
+            let mut sums = [_mm256_setzero_si256(); GROUP];
+            for (r, sum) in sums.iter_mut().enumerate() {
+                let packed = _mm_loadu_si128(w.qs[at + r].as_ptr().cast());
+                let nibbles = _mm256_insertf128_si256::<1>(_mm256_castsi128_si256(packed), _mm_srli_epi16(packed, 4));
+                let nibbles = _mm256_and_si256(nibbles, low_nibbles);
+                // u8 (0..15) × i8 pairs fit i16 without saturation.
+                *sum = _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles, values), ones);
+            }
+            // Eight horizontal sums at once: lanes end up as rows 0..7.
+            let s01 = _mm256_hadd_epi32(sums[0], sums[1]);
+            let s23 = _mm256_hadd_epi32(sums[2], sums[3]);
+            let s45 = _mm256_hadd_epi32(sums[4], sums[5]);
+            let s67 = _mm256_hadd_epi32(sums[6], sums[7]);
+            let s0123 = _mm256_hadd_epi32(s01, s23);
+            let s4567 = _mm256_hadd_epi32(s45, s67);
+            let lo = _mm_add_epi32(_mm256_castsi256_si128(s0123), _mm256_extracti128_si256::<1>(s0123));
+            let hi = _mm_add_epi32(_mm256_castsi256_si128(s4567), _mm256_extracti128_si256::<1>(s4567));
+            let sumi = _mm256_cvtepi32_ps(_mm256_set_m128i(hi, lo));
+            let dx = _mm256_loadu_ps(w.d.as_ptr().add(at));
+            let mx = _mm256_loadu_ps(w.m.as_ptr().add(at));
+            // Separate multiplies and adds, no FMA: the same roundings as
+            // candle's scalar expression.
+            let scaled = _mm256_mul_ps(_mm256_mul_ps(sumi, dx), _mm256_set1_ps(x.d[first + b]));
+            let term = _mm256_add_ps(scaled, _mm256_mul_ps(mx, _mm256_set1_ps(x.s[first + b])));
+            acc = _mm256_add_ps(acc, term);
+        }
+        _mm256_storeu_ps(out.as_mut_ptr(), acc);
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+fn dot_q4_1_group(w: &Q4_1Groups, group: usize, x: &Activations<'_>, first: usize, out: &mut [f32]) {
+    let half = BLOCK / 2;
+    for (r, out) in out.iter_mut().enumerate() {
+        let mut sumf = 0f32;
+        for b in 0..w.blocks {
+            let (y, at) = (&x.blocks[first + b], (group * w.blocks + b) * GROUP + r);
+            let qs = &w.qs[at];
+            let sumi: i32 = (0..half)
+                .map(|j| {
+                    i32::from(qs[j] & 0x0F) * i32::from(y.qs[j]) + i32::from(qs[j] >> 4) * i32::from(y.qs[j + half])
+                })
+                .sum();
+            sumf += sumi as f32 * w.d[at] * x.d[first + b] + w.m[at] * x.s[first + b];
+        }
+        *out = sumf;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::quantized::QMatMul;
+    use candle_core::{Device, Module, Tensor};
+
+    use super::*;
+
+    #[test]
+    fn bit_identical_to_candle_qmatmul() {
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            for (out, inp, m) in [(48, 64, 1), (37, 128, 5), (100, 576, 33), (3, 64, 2)] {
+                let w = Tensor::randn(0f32, 1.0, (out, inp), &Device::Cpu).unwrap();
+                let q = QTensor::quantize(&w, dtype).unwrap();
+                let x = Tensor::randn(0f32, 2.0, (m, inp), &Device::Cpu).unwrap();
+                let expected = QMatMul::QTensor(std::sync::Arc::new(QTensor::quantize(&w, dtype).unwrap()))
+                    .forward(&x)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let tiled = TiledQMatMul::new(&q).unwrap().unwrap();
+                let got = tiled.forward(&x.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                assert_eq!(got, expected, "{dtype:?} {out}x{inp}, {m} rows");
+            }
+        }
+    }
+}
