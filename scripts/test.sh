@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace. The reference vectors are read from
-# ../shared/vectors (beside the project root). Ends with one totals line, since
+# Runs every test of the workspace, after fetching the pinned model if it is
+# missing. The reference vectors are read from ../shared/vectors (beside the
+# project root). Ends with one totals line, since
 # cargo's own last line belongs to whichever crate ran last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,8 @@ if [[ ! -d ../shared/vectors ]]; then
   echo "error: ../shared/vectors is missing; tests need the reference vectors beside the project" >&2
   exit 1
 fi
+# The real-model tests need the pinned GGUF; fetching is idempotent.
+scripts/fetch-model.sh >/dev/null
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"

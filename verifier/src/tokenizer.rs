@@ -76,7 +76,7 @@ impl Tokenizer {
             .filter(|(text, _)| !text.is_empty())
             .collect();
         // Longest first, so a special token that prefixes another never wins.
-        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        specials.sort_by_key(|(text, _)| std::cmp::Reverse(text.len()));
         let mut merges = HashMap::new();
         for (rank, merge) in array(content, "tokenizer.ggml.merges")?.iter().enumerate() {
             let Value::String(merge) = merge else {

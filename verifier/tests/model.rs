@@ -180,7 +180,7 @@ fn mine(rt: &Runtime, spec: &ChainSpec, seed: u64, max_tokens: usize) -> poi_art
         chain_id: spec.chain_id(),
         miner: Keypair::from_secret([5; 32]).public(),
         request,
-        sampling: spec.sampling.clone(),
+        sampling: spec.sampling,
         generation: Generation::new(spec.logged_k, &out.positions).unwrap(),
         finish_reason: out.finish_reason,
         created_at_ms: 1,

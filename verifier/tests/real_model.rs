@@ -89,7 +89,7 @@ fn mine(rt: &Runtime, spec: &ChainSpec, content: &str, seed: u64, max_tokens: us
         chain_id: spec.chain_id(),
         miner: miner.public(),
         request,
-        sampling: spec.sampling.clone(),
+        sampling: spec.sampling,
         generation: Generation::new(spec.logged_k, &out.positions).unwrap(),
         finish_reason: out.finish_reason,
         created_at_ms: 1,

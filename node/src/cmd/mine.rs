@@ -116,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         chain_id,
         miner: miner.public(),
         request,
-        sampling: spec.sampling.clone(),
+        sampling: spec.sampling,
         generation: Generation::new(spec.logged_k, &generated.positions)?,
         finish_reason: generated.finish_reason,
         created_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),

@@ -53,10 +53,10 @@ impl LlamaConfig {
         if self.n_layers == 0 || self.hidden_size == 0 || self.n_heads == 0 || self.n_kv_heads == 0 {
             return bad("zero layers, width or heads");
         }
-        if self.hidden_size % self.n_heads != 0 || self.n_heads % self.n_kv_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.n_heads) || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad("hidden size not divisible by heads, or heads not divisible by kv heads");
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad("odd head dimension cannot take rotary embeddings");
         }
         if self.eos_token_id as usize >= self.vocab_size {

@@ -75,15 +75,6 @@ impl Numerics {
         &self.device
     }
 
-    /// The dtype activations travel in between matmuls; norms, rotary
-    /// embeddings and softmax always run in f32.
-    pub fn matmul_input_dtype(&self) -> DType {
-        match self.profile.activations {
-            ActivationDtype::F32 => DType::F32,
-            ActivationDtype::F16 => DType::F16,
-        }
-    }
-
     /// The weights as this profile computes with them, still in `QTensor`
     /// form so that callers can also dequantize them for the embedding table.
     pub fn convert(&self, weights: QTensor) -> Result<QTensor, ModelError> {
@@ -95,7 +86,7 @@ impl Numerics {
         let row_len = *weights.shape().dims().last().unwrap_or(&0);
         // As llama.cpp does for k-quants: rows that are not a whole number of
         // 256-wide super-blocks get q4_0 instead. Stated in the profile's docs.
-        let target = if row_len % target.block_size() == 0 { target } else { GgmlDType::Q4_0 };
+        let target = if row_len.is_multiple_of(target.block_size()) { target } else { GgmlDType::Q4_0 };
         if weights.dtype() == target {
             return Ok(weights);
         }

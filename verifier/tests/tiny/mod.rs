@@ -49,7 +49,7 @@ pub fn write_tiny_gguf(name: &str) -> PathBuf {
     tokens.extend(byte_chars());
     tokens.extend(["Ġt".to_string(), "he".into(), "Ġthe".into()]);
     let mut types = vec![3i32; 3];
-    types.extend(std::iter::repeat(1).take(VOCAB - 3));
+    types.extend(std::iter::repeat_n(1, VOCAB - 3));
     let merges = ["Ġ t", "h e", "Ġt he"];
     let template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
                     {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
