@@ -1,0 +1,221 @@
+//! JSON-RPC 2.0 over HTTP and WebSocket (DESIGN §7), one port for both.
+//! Bound to loopback unless the operator says otherwise; request size, batch
+//! size, connections and subscriptions are limited. The only write a client
+//! can make is submitting an artifact, and only one that passes the replay
+//! check is stored.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonrpsee::core::{async_trait, RpcResult, SubscriptionResult};
+use jsonrpsee::proc_macros::rpc;
+use jsonrpsee::server::{BatchRequestConfig, Server, ServerHandle};
+use jsonrpsee::types::ErrorObjectOwned;
+use jsonrpsee::PendingSubscriptionSink;
+use poi_artifact::json::VoteJson;
+use poi_artifact::{ArtifactId, PublicKey};
+use poi_verifier::verdict::Status;
+use poi_verifier::ReplayChecker;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::store::{HistoryQuery, Store, VerdictRecord};
+
+/// Requests above this are refused before parsing (an artifact is at most
+/// the chain's `max_artifact_bytes`, twice that in hex).
+pub const MAX_REQUEST_BYTES: u32 = 4 << 20;
+pub const MAX_BATCH: u32 = 20;
+pub const MAX_CONNECTIONS: u32 = 128;
+pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: u32 = 16;
+
+const INVALID_PARAMS: i32 = -32602;
+const REJECTED: i32 = 1;
+const INTERNAL: i32 = -32603;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SubmitResult {
+    pub artifact_id: String,
+    /// False when the artifact was already stored.
+    pub stored: bool,
+    pub verdict: VerdictRecord,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryFilter {
+    pub miner: Option<String>,
+    pub status: Option<String>,
+    pub from_ms: Option<u64>,
+    pub to_ms: Option<u64>,
+    pub cursor: Option<String>,
+    pub limit: Option<usize>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub rows: Vec<VerdictRecord>,
+    /// Pass back as `cursor` for the next page; absent at the end.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub chain: String,
+    pub chain_id: String,
+    pub version: String,
+    pub artifacts_estimate: u64,
+}
+
+#[rpc(server, namespace = "poi")]
+pub trait PoiApi {
+    /// Canonical artifact bytes as hex. Runs the replay check; stores the
+    /// artifact only if it passes.
+    #[method(name = "submitArtifact")]
+    async fn submit_artifact(&self, artifact_hex: String) -> RpcResult<SubmitResult>;
+    /// The artifact's JSON view.
+    #[method(name = "getArtifact")]
+    async fn get_artifact(&self, artifact_id: String) -> RpcResult<Option<serde_json::Value>>;
+    #[method(name = "getVerdict")]
+    async fn get_verdict(&self, artifact_id: String) -> RpcResult<Option<VerdictRecord>>;
+    /// Every stored signed vote about the artifact, so a client can recompute
+    /// the verdict itself.
+    #[method(name = "getVotes")]
+    async fn get_votes(&self, artifact_id: String) -> RpcResult<Vec<VoteJson>>;
+    #[method(name = "verdictHistory")]
+    async fn verdict_history(&self, filter: Option<HistoryFilter>) -> RpcResult<HistoryPage>;
+    #[method(name = "status")]
+    async fn status(&self) -> RpcResult<NodeStatus>;
+    #[subscription(name = "subscribeVerdicts" => "verdict", unsubscribe = "unsubscribeVerdicts", item = VerdictRecord)]
+    async fn subscribe_verdicts(&self) -> SubscriptionResult;
+}
+
+pub struct Rpc {
+    store: Arc<Store>,
+    checker: Mutex<ReplayChecker>,
+    verdicts: broadcast::Sender<VerdictRecord>,
+}
+
+impl Rpc {
+    pub fn new(store: Arc<Store>, checker: ReplayChecker, verdicts: broadcast::Sender<VerdictRecord>) -> Self {
+        Self { store, checker: Mutex::new(checker), verdicts }
+    }
+}
+
+fn error(code: i32, message: impl Into<String>) -> ErrorObjectOwned {
+    ErrorObjectOwned::owned(code, message.into(), None::<()>)
+}
+
+fn internal(e: impl std::fmt::Display) -> ErrorObjectOwned {
+    error(INTERNAL, e.to_string())
+}
+
+fn parse_id(text: &str) -> RpcResult<ArtifactId> {
+    ArtifactId::from_hex(text).map_err(|e| error(INVALID_PARAMS, format!("artifact id: {e}")))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[async_trait]
+impl PoiApiServer for Rpc {
+    async fn submit_artifact(&self, artifact_hex: String) -> RpcResult<SubmitResult> {
+        let bytes = hex::decode(artifact_hex.trim()).map_err(|e| error(INVALID_PARAMS, format!("not hex: {e}")))?;
+        let checked = self.checker.lock().expect("checker lock").check_bytes(&bytes);
+        let (artifact, _) = checked.map_err(|e| error(REJECTED, format!("rejected: {e}")))?;
+        let stored = self.store.put_artifact(&artifact, now_ms()).map_err(internal)?;
+        let verdict = self.store.verdict(&artifact.id()).map_err(internal)?.ok_or_else(|| internal("verdict missing"))?;
+        if stored {
+            let _ = self.verdicts.send(verdict.clone());
+        }
+        Ok(SubmitResult { artifact_id: artifact.id().to_hex(), stored, verdict })
+    }
+
+    async fn get_artifact(&self, artifact_id: String) -> RpcResult<Option<serde_json::Value>> {
+        let artifact = self.store.artifact(&parse_id(&artifact_id)?).map_err(internal)?;
+        artifact.map(|a| serde_json::to_value(a.to_json()).map_err(internal)).transpose()
+    }
+
+    async fn get_verdict(&self, artifact_id: String) -> RpcResult<Option<VerdictRecord>> {
+        self.store.verdict(&parse_id(&artifact_id)?).map_err(internal)
+    }
+
+    async fn get_votes(&self, artifact_id: String) -> RpcResult<Vec<VoteJson>> {
+        let votes = self.store.votes(&parse_id(&artifact_id)?).map_err(internal)?;
+        Ok(votes.iter().map(VoteJson::from).collect())
+    }
+
+    async fn verdict_history(&self, filter: Option<HistoryFilter>) -> RpcResult<HistoryPage> {
+        let filter = filter.unwrap_or_default();
+        let miner = filter
+            .miner
+            .map(|m| PublicKey::from_hex(&m).map_err(|e| error(INVALID_PARAMS, format!("miner: {e}"))))
+            .transpose()?;
+        let status = filter
+            .status
+            .map(|s| {
+                [Status::AcceptedReplayOnly, Status::Accepted, Status::Disputed, Status::Rejected]
+                    .into_iter()
+                    .find(|known| known.as_str() == s)
+                    .ok_or_else(|| error(INVALID_PARAMS, format!("unknown status {s:?}")))
+            })
+            .transpose()?;
+        let cursor = filter
+            .cursor
+            .map(|c| hex::decode(c).map_err(|e| error(INVALID_PARAMS, format!("cursor: {e}"))))
+            .transpose()?;
+        let query = HistoryQuery {
+            miner,
+            status,
+            from_ms: filter.from_ms,
+            to_ms: filter.to_ms,
+            cursor,
+            limit: filter.limit.unwrap_or(100),
+        };
+        let (rows, next) = self.store.history(&query).map_err(internal)?;
+        Ok(HistoryPage { rows, next_cursor: next.map(hex::encode) })
+    }
+
+    async fn status(&self) -> RpcResult<NodeStatus> {
+        let checker = self.checker.lock().expect("checker lock");
+        Ok(NodeStatus {
+            chain: checker.spec().name.clone(),
+            chain_id: checker.chain_id().to_hex(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            artifacts_estimate: self.store.artifact_count_estimate().map_err(internal)?,
+        })
+    }
+
+    async fn subscribe_verdicts(&self, pending: PendingSubscriptionSink) -> SubscriptionResult {
+        let sink = pending.accept().await?;
+        let mut verdicts = self.verdicts.subscribe();
+        loop {
+            match verdicts.recv().await {
+                Ok(record) => {
+                    let message = jsonrpsee::SubscriptionMessage::from_json(&record)?;
+                    if sink.send(message).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                // A slow subscriber misses verdicts rather than holding memory.
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Starts the server; the handle stops it.
+pub async fn serve(addr: SocketAddr, rpc: Rpc) -> std::io::Result<(SocketAddr, ServerHandle)> {
+    let server = Server::builder()
+        .max_request_body_size(MAX_REQUEST_BYTES)
+        .max_response_body_size(MAX_REQUEST_BYTES * 4)
+        .max_connections(MAX_CONNECTIONS)
+        .max_subscriptions_per_connection(MAX_SUBSCRIPTIONS_PER_CONNECTION)
+        .set_batch_request_config(BatchRequestConfig::Limit(MAX_BATCH))
+        .build(addr)
+        .await?;
+    let local = server.local_addr()?;
+    Ok((local, server.start(rpc.into_rpc())))
+}

@@ -1,0 +1,103 @@
+//! JSON-RPC over real HTTP and WebSocket on 127.0.0.1.
+
+#[path = "../../verifier/tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+
+use common::Chooser;
+use jsonrpsee::core::client::{ClientT, SubscriptionClientT};
+use jsonrpsee::http_client::HttpClientBuilder;
+use jsonrpsee::rpc_params;
+use jsonrpsee::ws_client::WsClientBuilder;
+use poi_chain_spec::ChainSpec;
+use poi_node::rpc::{serve, HistoryPage, NodeStatus, Rpc, SubmitResult};
+use poi_node::store::{Store, VerdictRecord};
+use poi_verifier::ReplayChecker;
+
+async fn node(dir: &std::path::Path) -> (String, jsonrpsee::server::ServerHandle) {
+    let spec = ChainSpec::devnet();
+    let store = Arc::new(Store::open(dir, spec.clone()).unwrap());
+    let (verdicts, _) = tokio::sync::broadcast::channel(64);
+    let rpc = Rpc::new(store, ReplayChecker::new(spec), verdicts);
+    let (addr, handle) = serve("127.0.0.1:0".parse().unwrap(), rpc).await.unwrap();
+    (addr.to_string(), handle)
+}
+
+#[tokio::test]
+async fn submit_query_and_subscribe_over_http_and_ws() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, handle) = node(dir.path()).await;
+    let http = HttpClientBuilder::default().build(format!("http://{addr}")).unwrap();
+    let ws = WsClientBuilder::default().build(format!("ws://{addr}")).await.unwrap();
+    let mut verdicts = ws
+        .subscribe::<VerdictRecord, _>("poi_subscribeVerdicts", rpc_params![], "poi_unsubscribeVerdicts")
+        .await
+        .unwrap();
+
+    let artifact = common::build(&ChainSpec::devnet(), 24, 3, Chooser::Seeded).artifact;
+    let hex = hex::encode(artifact.encode());
+    let submitted: SubmitResult = http.request("poi_submitArtifact", rpc_params![hex.clone()]).await.unwrap();
+    assert!(submitted.stored);
+    assert_eq!(submitted.artifact_id, artifact.id().to_hex());
+    assert_eq!(submitted.verdict.status, "accepted-replay-only");
+    let again: SubmitResult = http.request("poi_submitArtifact", rpc_params![hex]).await.unwrap();
+    assert!(!again.stored);
+
+    let pushed = tokio::time::timeout(std::time::Duration::from_secs(5), verdicts.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(pushed.artifact_id, artifact.id().to_hex());
+
+    let view: serde_json::Value = ws.request("poi_getArtifact", rpc_params![artifact.id().to_hex()]).await.unwrap();
+    assert_eq!(poi_artifact::Artifact::from_json_str(&view.to_string()).unwrap(), artifact);
+    let page: HistoryPage = http.request("poi_verdictHistory", rpc_params![serde_json::json!({"limit": 10})]).await.unwrap();
+    assert_eq!(page.rows.len(), 1);
+    let status: NodeStatus = http.request("poi_status", rpc_params![]).await.unwrap();
+    assert_eq!(status.chain_id, ChainSpec::devnet().chain_id().to_hex());
+    let missing: Option<VerdictRecord> = http.request("poi_getVerdict", rpc_params!["00".repeat(32)]).await.unwrap();
+    assert!(missing.is_none());
+    handle.stop().unwrap();
+}
+
+#[tokio::test]
+async fn bad_requests_get_errors_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, handle) = node(dir.path()).await;
+    let http = HttpClientBuilder::default().build(format!("http://{addr}")).unwrap();
+    let spec = ChainSpec::devnet();
+
+    let honest = common::build(&spec, 24, 4, Chooser::Seeded).artifact;
+    let mut forged = honest.encode();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    for (what, param) in [("not hex", "zz".to_string()), ("garbage", "00ff".into()), ("bad signature", hex::encode(&forged))] {
+        let err = http.request::<SubmitResult, _>("poi_submitArtifact", rpc_params![param]).await.unwrap_err();
+        assert!(err.to_string().contains("rejected") || err.to_string().contains("not hex"), "{what}: {err}");
+    }
+    let err = http.request::<HistoryPage, _>("poi_verdictHistory", rpc_params![serde_json::json!({"status": "maybe"})]).await.unwrap_err();
+    assert!(err.to_string().contains("unknown status"), "{err}");
+    let err = http.request::<Option<VerdictRecord>, _>("poi_getVerdict", rpc_params!["xyz"]).await.unwrap_err();
+    assert!(err.to_string().contains("artifact id"), "{err}");
+
+    // Oversized request: refused by the server, not parsed.
+    let huge = "0".repeat(poi_node::rpc::MAX_REQUEST_BYTES as usize + 10);
+    let client = reqwest_free_post(&addr, &format!(r#"{{"jsonrpc":"2.0","id":1,"method":"poi_submitArtifact","params":["{huge}"]}}"#)).await;
+    assert!(client.contains("413") || client.to_lowercase().contains("too large"), "{}", &client[..client.len().min(200)]);
+
+    let page: HistoryPage = http.request("poi_verdictHistory", rpc_params![]).await.unwrap();
+    assert!(page.rows.is_empty(), "nothing invalid was stored");
+    handle.stop().unwrap();
+}
+
+/// A raw HTTP POST over a TCP socket, returning the status line and body.
+async fn reqwest_free_post(addr: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
