@@ -12,6 +12,7 @@ pub mod runtime;
 pub mod sampler;
 pub mod surprisal;
 pub mod tokenizer;
+pub mod verdict;
 
 pub use distance::{distance2, TopLogprobs};
 pub use replay::{ReplayChecker, ReplayError, ReplayReport, StructureRule};
