@@ -65,6 +65,9 @@ fn check_cpu() -> Result<(), &'static str> {
         ("avx2", std::arch::is_x86_feature_detected!("avx2")),
         ("fma", std::arch::is_x86_feature_detected!("fma")),
         ("f16c", std::arch::is_x86_feature_detected!("f16c")),
+        ("pclmulqdq", std::arch::is_x86_feature_detected!("pclmulqdq")),
+        ("sse4.2", std::arch::is_x86_feature_detected!("sse4.2")),
+        ("popcnt", std::arch::is_x86_feature_detected!("popcnt")),
     ] {
         if !present {
             return Err(name);

@@ -125,7 +125,8 @@ impl PoiApiServer for Rpc {
         let checked = self.checker.lock().expect("checker lock").check_bytes(&bytes);
         let (artifact, _) = checked.map_err(|e| error(REJECTED, format!("rejected: {e}")))?;
         let stored = self.store.put_artifact(&artifact, now_ms()).map_err(internal)?;
-        let verdict = self.store.verdict(&artifact.id()).map_err(internal)?.ok_or_else(|| internal("verdict missing"))?;
+        let verdict =
+            self.store.verdict(&artifact.id()).map_err(internal)?.ok_or_else(|| internal("verdict missing"))?;
         if stored {
             let _ = self.verdicts.send(verdict.clone());
         }

@@ -44,12 +44,14 @@ async fn submit_query_and_subscribe_over_http_and_ws() {
     let again: SubmitResult = http.request("poi_submitArtifact", rpc_params![hex]).await.unwrap();
     assert!(!again.stored);
 
-    let pushed = tokio::time::timeout(std::time::Duration::from_secs(5), verdicts.next()).await.unwrap().unwrap().unwrap();
+    let pushed =
+        tokio::time::timeout(std::time::Duration::from_secs(5), verdicts.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(pushed.artifact_id, artifact.id().to_hex());
 
     let view: serde_json::Value = ws.request("poi_getArtifact", rpc_params![artifact.id().to_hex()]).await.unwrap();
     assert_eq!(poi_artifact::Artifact::from_json_str(&view.to_string()).unwrap(), artifact);
-    let page: HistoryPage = http.request("poi_verdictHistory", rpc_params![serde_json::json!({"limit": 10})]).await.unwrap();
+    let page: HistoryPage =
+        http.request("poi_verdictHistory", rpc_params![serde_json::json!({"limit": 10})]).await.unwrap();
     assert_eq!(page.rows.len(), 1);
     let status: NodeStatus = http.request("poi_status", rpc_params![]).await.unwrap();
     assert_eq!(status.chain_id, ChainSpec::devnet().chain_id().to_hex());
@@ -69,19 +71,32 @@ async fn bad_requests_get_errors_and_store_nothing() {
     let mut forged = honest.encode();
     let last = forged.len() - 1;
     forged[last] ^= 1;
-    for (what, param) in [("not hex", "zz".to_string()), ("garbage", "00ff".into()), ("bad signature", hex::encode(&forged))] {
+    for (what, param) in
+        [("not hex", "zz".to_string()), ("garbage", "00ff".into()), ("bad signature", hex::encode(&forged))]
+    {
         let err = http.request::<SubmitResult, _>("poi_submitArtifact", rpc_params![param]).await.unwrap_err();
         assert!(err.to_string().contains("rejected") || err.to_string().contains("not hex"), "{what}: {err}");
     }
-    let err = http.request::<HistoryPage, _>("poi_verdictHistory", rpc_params![serde_json::json!({"status": "maybe"})]).await.unwrap_err();
+    let err = http
+        .request::<HistoryPage, _>("poi_verdictHistory", rpc_params![serde_json::json!({"status": "maybe"})])
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("unknown status"), "{err}");
     let err = http.request::<Option<VerdictRecord>, _>("poi_getVerdict", rpc_params!["xyz"]).await.unwrap_err();
     assert!(err.to_string().contains("artifact id"), "{err}");
 
     // Oversized request: refused by the server, not parsed.
     let huge = "0".repeat(poi_node::rpc::MAX_REQUEST_BYTES as usize + 10);
-    let client = reqwest_free_post(&addr, &format!(r#"{{"jsonrpc":"2.0","id":1,"method":"poi_submitArtifact","params":["{huge}"]}}"#)).await;
-    assert!(client.contains("413") || client.to_lowercase().contains("too large"), "{}", &client[..client.len().min(200)]);
+    let client = reqwest_free_post(
+        &addr,
+        &format!(r#"{{"jsonrpc":"2.0","id":1,"method":"poi_submitArtifact","params":["{huge}"]}}"#),
+    )
+    .await;
+    assert!(
+        client.contains("413") || client.to_lowercase().contains("too large"),
+        "{}",
+        &client[..client.len().min(200)]
+    );
 
     let page: HistoryPage = http.request("poi_verdictHistory", rpc_params![]).await.unwrap();
     assert!(page.rows.is_empty(), "nothing invalid was stored");

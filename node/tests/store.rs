@@ -22,7 +22,12 @@ fn vote(key: &Keypair, id: &ArtifactId, verdict: Verdict) -> Vote {
         validator: key.public(),
         selection_proof: key.sign(SELECT_DOMAIN, id),
         verdict,
-        figures: VoteFigures { distance: 0.0, match_ratio: 1.0, surprisal_z: 0.0, profile_id: "gguf-native-cpu".into() },
+        figures: VoteFigures {
+            distance: 0.0,
+            match_ratio: 1.0,
+            surprisal_z: 0.0,
+            profile_id: "gguf-native-cpu".into(),
+        },
         created_at_ms: 5,
     }
     .sign(key)
@@ -111,7 +116,11 @@ fn history_pages_newest_first_with_filters() {
     let (rows, _) = store.history(&HistoryQuery { miner: Some(miner), limit: 100, ..Default::default() }).unwrap();
     assert_eq!(rows.len(), artifacts.iter().filter(|a| a.body.miner == miner).count());
     let stranger = Keypair::from_secret([1; 32]).public();
-    assert!(store.history(&HistoryQuery { miner: Some(stranger), limit: 5, ..Default::default() }).unwrap().0.is_empty());
+    assert!(store
+        .history(&HistoryQuery { miner: Some(stranger), limit: 5, ..Default::default() })
+        .unwrap()
+        .0
+        .is_empty());
 
     let disputed = artifacts[3].id();
     store.put_vote(&vote(&eligible(&disputed), &disputed, Verdict::Reject), 2000).unwrap();

@@ -81,7 +81,7 @@ fn the_rule_from_replay_only_to_rejected() {
 
     assert_eq!(verdict(&spec, &id, &[]).status, Status::AcceptedReplayOnly);
     let accept = vote(&spec, selected, &id, Verdict::Accept, 1);
-    assert_eq!(verdict(&spec, &id, &[accept.clone()]).status, Status::Accepted);
+    assert_eq!(verdict(&spec, &id, std::slice::from_ref(&accept)).status, Status::Accepted);
     if let Some(outsider) = unselected {
         let uninvited = vote(&spec, outsider, &id, Verdict::Reject, 1);
         assert_eq!(
@@ -92,7 +92,7 @@ fn the_rule_from_replay_only_to_rejected() {
     }
 
     let reject = vote(&spec, selected, &id, Verdict::Reject, 2);
-    let outcome = verdict(&spec, &id, &[reject.clone()]);
+    let outcome = verdict(&spec, &id, std::slice::from_ref(&reject));
     assert_eq!(outcome.status, Status::Disputed);
 
     let members = committee(&spec, &id);

@@ -14,7 +14,9 @@ use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBat
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use keys::{by_miner_key, by_time_key, vote_key, CF_ARTIFACTS, CF_BY_MINER, CF_BY_TIME, CF_META, CF_VERDICTS, CF_VOTES};
+use keys::{
+    by_miner_key, by_time_key, vote_key, CF_ARTIFACTS, CF_BY_MINER, CF_BY_TIME, CF_META, CF_VERDICTS, CF_VOTES,
+};
 
 const META_CHAIN_ID: &[u8] = b"chain_id";
 /// The most rows one history page returns.
@@ -148,7 +150,9 @@ impl Store {
 
     pub fn verdict(&self, id: &ArtifactId) -> Result<Option<VerdictRecord>, StoreError> {
         let Some(bytes) = self.db.get_pinned_cf(self.cf(CF_VERDICTS), id.0)? else { return Ok(None) };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Corrupt { what: "verdict", detail: e.to_string() })
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt { what: "verdict", detail: e.to_string() })
     }
 
     /// Verdicts newest first, filtered; returns the page and the cursor of
@@ -179,7 +183,7 @@ impl Store {
             if rows.len() == limit {
                 return Ok((rows, Some(key.to_vec())));
             }
-            let id = ArtifactId(rest[8..].try_into().expect("32 bytes"));
+            let id = poi_artifact::Hash32(rest[8..].try_into().expect("32 bytes"));
             let Some(record) = self.verdict(&id)? else { continue };
             if query.status.is_none_or(|s| s.as_str() == record.status) {
                 rows.push(record);
