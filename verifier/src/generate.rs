@@ -2,7 +2,11 @@
 //! pass that the full check and proofs share.
 
 use half::f16;
-use poi_artifact::{candidate_order, Candidate, FinishReason, History, SamplingParams};
+use poi_artifact::{
+    candidate_order, ArtifactBody, Candidate, DecodeError, FinishReason, Generation, History, PublicKey, Request,
+    SamplingParams,
+};
+use poi_chain_spec::ChainSpec;
 
 use crate::model::{Llama, ModelError, PenalisedTopK, TopCandidate};
 use crate::sampler::{choose_from, draw, Sampler};
@@ -18,6 +22,27 @@ pub struct Generated {
     pub positions: Vec<(Vec<Candidate>, u8)>,
     pub tokens: Vec<u32>,
     pub finish_reason: FinishReason,
+}
+
+impl Generated {
+    /// The unsigned artifact body for this generation on `spec`'s chain.
+    pub fn body(
+        &self,
+        spec: &ChainSpec,
+        miner: PublicKey,
+        request: Request,
+        created_at_ms: u64,
+    ) -> Result<ArtifactBody, DecodeError> {
+        Ok(ArtifactBody {
+            chain_id: spec.chain_id(),
+            miner,
+            request,
+            sampling: spec.sampling,
+            generation: Generation::new(spec.logged_k, &self.positions)?,
+            finish_reason: self.finish_reason,
+            created_at_ms,
+        })
+    }
 }
 
 /// Where each position's 64-bit draw comes from.

@@ -6,6 +6,7 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::Content;
+use poi_artifact::Hash32;
 use poi_chain_spec::{ChainSpec, NumericsProfile};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -35,11 +36,11 @@ impl Runtime {
     /// shape, under `profile` (the spec's own when `None`).
     pub fn load_pinned(spec: &ChainSpec, path: &Path, profile: Option<&NumericsProfile>) -> Result<Self, RuntimeError> {
         let found = file_sha256(path)?;
-        if found != spec.model.file_sha256.to_string() {
+        if found != spec.model.file_sha256 {
             return Err(ModelError::WrongFile {
                 path: path.display().to_string(),
-                expected: spec.model.file_sha256.to_string(),
-                found,
+                expected: spec.model.file_sha256.to_hex(),
+                found: found.to_hex(),
             }
             .into());
         }
@@ -69,8 +70,8 @@ impl Runtime {
     }
 }
 
-/// Lower-case hex SHA-256 of a file, streamed.
-pub fn file_sha256(path: &Path) -> Result<String, ModelError> {
+/// SHA-256 of a file, streamed.
+pub fn file_sha256(path: &Path) -> Result<Hash32, ModelError> {
     let io = |source| ModelError::Io { path: path.display().to_string(), source };
     let mut file = File::open(path).map_err(io)?;
     let mut hasher = Sha256::new();
@@ -82,11 +83,7 @@ pub fn file_sha256(path: &Path) -> Result<String, ModelError> {
         }
         hasher.update(&buffer[..n]);
     }
-    Ok(hex_lower(&hasher.finalize()))
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok(Hash32(hasher.finalize().into()))
 }
 
 /// Where `scripts/fetch-model.sh` puts the pinned file: `$POI_MODEL_DIR`, else

@@ -6,7 +6,7 @@ mod tiny;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use poi_artifact::{ArtifactBody, Generation, Keypair, Request};
+use poi_artifact::{Keypair, Request};
 use poi_chain_spec::{ChainSpec, DeviceClass, MatmulKernel, NumericsProfile};
 use poi_verifier::chat::Message;
 use poi_verifier::full_check::full_check;
@@ -34,7 +34,7 @@ fn tiny_spec() -> ChainSpec {
     let m = &mut spec.model;
     (m.n_layers, m.hidden_size, m.n_heads, m.n_kv_heads) = (tiny::LAYERS as u32, tiny::HIDDEN as u32, 4, 2);
     (m.vocab_size, m.context_length, m.eos_token_id) = (tiny::VOCAB as u32, tiny::CONTEXT as u32, tiny::EOS);
-    m.file_sha256 = poi_artifact::Hash32::from_hex(&file_sha256(tiny_path()).unwrap()).unwrap();
+    m.file_sha256 = file_sha256(tiny_path()).unwrap();
     spec
 }
 
@@ -176,16 +176,8 @@ fn mine(rt: &Runtime, spec: &ChainSpec, seed: u64, max_tokens: usize) -> poi_art
         |_| {},
     )
     .unwrap();
-    let body = ArtifactBody {
-        chain_id: spec.chain_id(),
-        miner: Keypair::from_secret([5; 32]).public(),
-        request,
-        sampling: spec.sampling,
-        generation: Generation::new(spec.logged_k, &out.positions).unwrap(),
-        finish_reason: out.finish_reason,
-        created_at_ms: 1,
-    };
-    body.sign(&Keypair::from_secret([5; 32]))
+    let miner = Keypair::from_secret([5; 32]);
+    out.body(spec, miner.public(), request, 1).unwrap().sign(&miner)
 }
 
 #[test]

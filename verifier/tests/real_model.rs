@@ -5,7 +5,7 @@
 
 use std::sync::OnceLock;
 
-use poi_artifact::{Artifact, ArtifactBody, Generation, Keypair, Request};
+use poi_artifact::{Artifact, Keypair, Request};
 use poi_chain_spec::ChainSpec;
 use poi_verifier::chat::Message;
 use poi_verifier::full_check::full_check;
@@ -85,16 +85,7 @@ fn mine(rt: &Runtime, spec: &ChainSpec, content: &str, seed: u64, max_tokens: us
     let out =
         generate(&rt.model, &request.prompt_tokens, &spec.sampling, spec.logged_k, max_tokens, draws, |_| {}).unwrap();
     let miner = Keypair::from_secret([8; 32]);
-    ArtifactBody {
-        chain_id: spec.chain_id(),
-        miner: miner.public(),
-        request,
-        sampling: spec.sampling,
-        generation: Generation::new(spec.logged_k, &out.positions).unwrap(),
-        finish_reason: out.finish_reason,
-        created_at_ms: 1,
-    }
-    .sign(&miner)
+    out.body(spec, miner.public(), request, 1).unwrap().sign(&miner)
 }
 
 #[test]

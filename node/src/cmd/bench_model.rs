@@ -71,7 +71,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let total = (prompt.len() + tokens.len()) as f64;
     let generate_rate = n / best_generate;
     let prefill_rate = total / best_prefill;
-    println!("model      {} under {} ({} threads)", spec.model.name, runtime.model.profile().id, rayon_threads());
+    println!(
+        "model      {} under {} ({} threads)",
+        spec.model.name,
+        runtime.model.profile().id,
+        rayon::current_num_threads()
+    );
     println!("sequence   {} prompt + {} generated tokens, best of {} runs", prompt.len(), tokens.len(), args.runs);
     println!("generate   {best_generate:.3} s  {generate_rate:>8.1} tokens/s  (miner: prompt prefill + KV-cache decode, top-k logging)");
     println!(
@@ -101,21 +106,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn rayon_threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
 fn llama_cpp(model: &std::path::Path, prefill: usize, generate: usize) -> anyhow::Result<LlamaCpp> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/bench-llama-cpp.py");
     let output = Command::new("python3")
         .arg(script)
         .arg(model)
         .args(["--prefill", &prefill.to_string(), "--generate", &generate.to_string()])
-        .args(["--threads", &rayon_threads().to_string()])
+        .args(["--threads", &rayon::current_num_threads().to_string()])
         .output()
         .context("running python3 scripts/bench-llama-cpp.py")?;
     if !output.status.success() {

@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use poi_artifact::{ArtifactBody, Generation, Keypair, Request};
+use poi_artifact::{Keypair, Request};
 use poi_verifier::chat::Message;
 use poi_verifier::generate::{generate, Draws};
 use poi_verifier::runtime::Runtime;
@@ -112,15 +112,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     progress.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
 
-    let body = ArtifactBody {
-        chain_id,
-        miner: miner.public(),
-        request,
-        sampling: spec.sampling,
-        generation: Generation::new(spec.logged_k, &generated.positions)?,
-        finish_reason: generated.finish_reason,
-        created_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-    };
+    let created_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let body = generated.body(&spec, miner.public(), request, created_at_ms)?;
     let artifact = body.sign(&miner);
     let bytes = if args.json { artifact.to_json_string().into_bytes() } else { artifact.encode() };
     std::fs::write(&args.out, &bytes).with_context(|| format!("writing {}", args.out.display()))?;

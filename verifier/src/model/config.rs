@@ -116,7 +116,7 @@ fn float(content: &Content, key: &str) -> Result<f32, ModelError> {
     }
 }
 
-pub(crate) fn string<'a>(content: &'a Content, key: &str) -> Result<&'a str, ModelError> {
+fn string<'a>(content: &'a Content, key: &str) -> Result<&'a str, ModelError> {
     match get(content, key)? {
         Value::String(s) => Ok(s),
         _ => Err(ModelError::Metadata(format!("{key} is not a string"))),

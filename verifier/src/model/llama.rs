@@ -5,9 +5,7 @@
 //! matmul works row by row; attention is ours, see `attention`), so decode and
 //! prefill agree bit for bit under the quantized profiles.
 
-use std::fs::File;
-use std::io::{BufReader, Read, Seek};
-use std::path::Path;
+use std::io::{Read, Seek};
 
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::QTensor;
@@ -59,13 +57,6 @@ pub struct Llama {
 }
 
 impl Llama {
-    pub fn load(path: &Path, profile: &NumericsProfile) -> Result<Self, ModelError> {
-        let io = |source| ModelError::Io { path: path.display().to_string(), source };
-        let mut reader = BufReader::new(File::open(path).map_err(io)?);
-        let content = Content::read(&mut reader).map_err(|e| ModelError::Metadata(e.to_string()))?;
-        Self::from_gguf(&content, &mut reader, profile)
-    }
-
     pub fn from_gguf<R: Read + Seek>(
         content: &Content,
         reader: &mut R,
@@ -81,11 +72,13 @@ impl Llama {
             Ok(content.tensor(reader, name, &Device::Cpu)?)
         };
         let norm = |q: QTensor| -> Result<Tensor, ModelError> { Ok(q.dequantize(&device)?) };
-        let embeddings = numerics.dense(tensor("token_embd.weight")?)?;
+        let token_embd = numerics.convert(tensor("token_embd.weight")?)?;
+        let embeddings = numerics.dense(&token_embd)?;
         check_shape(&embeddings, &[config.vocab_size, config.hidden_size], "token_embd.weight")?;
         let mut layers = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
-            let mut linear = |part: &str| numerics.linear(tensor(&format!("blk.{i}.{part}.weight"))?);
+            let mut linear =
+                |part: &str| numerics.linear(numerics.convert(tensor(&format!("blk.{i}.{part}.weight"))?)?);
             layers.push(Layer {
                 wq: linear("attn_q")?,
                 wk: linear("attn_k")?,
@@ -100,9 +93,11 @@ impl Llama {
         }
         let output_norm = norm(tensor("output_norm.weight")?)?;
         // SmolLM2 ties the output projection to the embeddings.
-        let output_name =
-            if content.tensor_infos.contains_key("output.weight") { "output.weight" } else { "token_embd.weight" };
-        let output = numerics.linear(tensor(output_name)?)?;
+        let output = if content.tensor_infos.contains_key("output.weight") {
+            numerics.linear(numerics.convert(tensor("output.weight")?)?)?
+        } else {
+            numerics.linear(token_embd)?
+        };
         let rotary = Rotary::new(config.head_dim(), config.rope_base, config.context_length);
         Ok(Self { config, numerics, embeddings, layers, output_norm, output, rotary })
     }

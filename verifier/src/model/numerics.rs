@@ -76,7 +76,8 @@ impl Numerics {
     }
 
     /// The weights as this profile computes with them, still in `QTensor`
-    /// form so that callers can also dequantize them for the embedding table.
+    /// form: `linear` and `dense` take the result, so a tied tensor (the
+    /// embeddings) is requantized once for both uses.
     pub fn convert(&self, weights: QTensor) -> Result<QTensor, ModelError> {
         let target = match self.profile.weights {
             WeightFormat::RequantQ4_0 => GgmlDType::Q4_0,
@@ -94,9 +95,8 @@ impl Numerics {
         Ok(QTensor::quantize_onto(&dense, target, &self.device)?)
     }
 
-    /// A matmul layer for weights of shape (out, in).
+    /// A matmul layer for converted weights of shape (out, in).
     pub fn linear(&self, weights: QTensor) -> Result<Linear, ModelError> {
-        let weights = self.convert(weights)?;
         let quantized = self.profile.matmul == MatmulKernel::CandleQuantized;
         if quantized && self.device.is_cpu() {
             if let Some(tiled) = TiledQMatMul::new(&weights)? {
@@ -115,10 +115,8 @@ impl Numerics {
         }))
     }
 
-    /// Dense f32 values of `weights` as this profile sees them (embedding
-    /// lookups and norms).
-    pub fn dense(&self, weights: QTensor) -> Result<Tensor, ModelError> {
-        let weights = self.convert(weights)?;
+    /// Dense f32 values of converted weights (the embedding table).
+    pub fn dense(&self, weights: &QTensor) -> Result<Tensor, ModelError> {
         let dense = match self.profile.weights {
             WeightFormat::DequantF16 => weights.dequantize_f16(&self.device)?.to_dtype(DType::F32)?,
             _ => weights.dequantize(&self.device)?,
