@@ -161,6 +161,19 @@ impl ChainSpec {
         Self::from_json_str(DEVNET_SPEC_JSON).expect("the shipped devnet spec is valid")
     }
 
+    /// A local devnet of `validators` well-known keys (`devnet_keypair(0..n)`)
+    /// with the embedded spec's model, sampling and thresholds.
+    pub fn local_devnet(validators: u32, full_check_rate: f64) -> Result<Self, LoadError> {
+        let mut spec = Self::devnet();
+        spec.name = format!("poi-devnet-{validators}");
+        spec.full_check_rate = full_check_rate;
+        spec.dispute_committee_size = spec.dispute_committee_size.min(validators);
+        spec.validators =
+            (0..validators).map(|i| Validator { public_key: devnet_keypair(i).public(), weight: 1 }).collect();
+        // Through the loader, so a generated spec passes the same validation.
+        Self::from_json_str(&spec.to_json_string())
+    }
+
     pub fn to_json_string(&self) -> String {
         serde_json::to_string_pretty(self).expect("chain spec serialises")
     }

@@ -21,6 +21,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a validator node: libp2p gossip, replay checks, sampled full
+    /// checks and votes, the RocksDB ledger and JSON-RPC.
+    Node(cmd::node::Args),
+    /// Start a local devnet of validators in this process, submit honest and
+    /// fraudulent artifacts, and show the verdicts.
+    Devnet(cmd::devnet::Args),
     /// Check an artifact file (canonical binary or JSON view): the replay check,
     /// and with --full the model re-run. Exit status 0: accepted; 1: rejected.
     Verify(cmd::verify::Args),
@@ -87,6 +93,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
+        Command::Node(args) => cmd::node::run(args),
+        Command::Devnet(args) => cmd::devnet::run(args),
         Command::Verify(args) => cmd::verify::run(args),
         Command::Compare(args) => cmd::compare::run(args),
         Command::Mine(args) => cmd::mine::run(args),

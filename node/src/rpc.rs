@@ -5,8 +5,7 @@
 //! check is stored.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
 use jsonrpsee::core::{async_trait, RpcResult, SubscriptionResult};
 use jsonrpsee::proc_macros::rpc;
@@ -16,11 +15,12 @@ use jsonrpsee::PendingSubscriptionSink;
 use poi_artifact::json::VoteJson;
 use poi_artifact::{ArtifactId, PublicKey};
 use poi_verifier::verdict::Status;
-use poi_verifier::ReplayChecker;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::store::{HistoryQuery, Store, VerdictRecord};
+use crate::pipeline::{IngestError, Pipeline, Source};
+use crate::service::{Command, PeerInfo};
+use crate::store::{HistoryQuery, VerdictRecord};
 
 /// Requests above this are refused before parsing (an artifact is at most
 /// the chain's `max_artifact_bytes`, twice that in hex).
@@ -45,6 +45,8 @@ pub struct SubmitResult {
 #[serde(deny_unknown_fields)]
 pub struct HistoryFilter {
     pub miner: Option<String>,
+    /// Only artifacts with a counted vote from this validator.
+    pub validator: Option<String>,
     pub status: Option<String>,
     pub from_ms: Option<u64>,
     pub to_ms: Option<u64>,
@@ -65,6 +67,8 @@ pub struct NodeStatus {
     pub chain_id: String,
     pub version: String,
     pub artifacts_estimate: u64,
+    /// Connected peers; absent when the node runs without networking.
+    pub peers: Option<usize>,
 }
 
 #[rpc(server, namespace = "poi")]
@@ -86,19 +90,31 @@ pub trait PoiApi {
     async fn verdict_history(&self, filter: Option<HistoryFilter>) -> RpcResult<HistoryPage>;
     #[method(name = "status")]
     async fn status(&self) -> RpcResult<NodeStatus>;
+    /// Connected peers and their gossip scores.
+    #[method(name = "peers")]
+    async fn peers(&self) -> RpcResult<Vec<PeerInfo>>;
     #[subscription(name = "subscribeVerdicts" => "verdict", unsubscribe = "unsubscribeVerdicts", item = VerdictRecord)]
     async fn subscribe_verdicts(&self) -> SubscriptionResult;
 }
 
 pub struct Rpc {
-    store: Arc<Store>,
-    checker: Mutex<ReplayChecker>,
-    verdicts: broadcast::Sender<VerdictRecord>,
+    pipeline: Arc<Pipeline>,
+    /// The event loop, to gossip accepted artifacts; absent without networking.
+    net: Option<mpsc::Sender<Command>>,
 }
 
 impl Rpc {
-    pub fn new(store: Arc<Store>, checker: ReplayChecker, verdicts: broadcast::Sender<VerdictRecord>) -> Self {
-        Self { store, checker: Mutex::new(checker), verdicts }
+    pub fn new(pipeline: Arc<Pipeline>, net: Option<mpsc::Sender<Command>>) -> Self {
+        Self { pipeline, net }
+    }
+
+    /// Runs blocking store work off the async runtime.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Pipeline) -> Result<T, ErrorObjectOwned> + Send + 'static,
+    ) -> RpcResult<T> {
+        let pipeline = self.pipeline.clone();
+        tokio::task::spawn_blocking(move || work(&pipeline)).await.map_err(internal)?
     }
 }
 
@@ -114,45 +130,51 @@ fn parse_id(text: &str) -> RpcResult<ArtifactId> {
     ArtifactId::from_hex(text).map_err(|e| error(INVALID_PARAMS, format!("artifact id: {e}")))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 #[async_trait]
 impl PoiApiServer for Rpc {
     async fn submit_artifact(&self, artifact_hex: String) -> RpcResult<SubmitResult> {
         let bytes = hex::decode(artifact_hex.trim()).map_err(|e| error(INVALID_PARAMS, format!("not hex: {e}")))?;
-        let checked = self.checker.lock().expect("checker lock").check_bytes(&bytes);
-        let (artifact, _) = checked.map_err(|e| error(REJECTED, format!("rejected: {e}")))?;
-        let stored = self.store.put_artifact(&artifact, now_ms()).map_err(internal)?;
-        let verdict =
-            self.store.verdict(&artifact.id()).map_err(internal)?.ok_or_else(|| internal("verdict missing"))?;
-        if stored {
-            let _ = self.verdicts.send(verdict.clone());
+        let submitted = bytes.clone();
+        let ingested = self
+            .blocking(move |pipeline| {
+                pipeline.ingest_artifact(&submitted, Source::Rpc).map_err(|e| match e {
+                    IngestError::Store(e) => internal(e),
+                    rejected => error(REJECTED, rejected.to_string()),
+                })
+            })
+            .await?;
+        if ingested.new {
+            if let Some(net) = &self.net {
+                let _ = net.send(Command::Publish { votes: false, bytes }).await;
+            }
         }
-        Ok(SubmitResult { artifact_id: artifact.id().to_hex(), stored, verdict })
+        Ok(SubmitResult { artifact_id: ingested.id.to_hex(), stored: ingested.new, verdict: ingested.verdict })
     }
 
     async fn get_artifact(&self, artifact_id: String) -> RpcResult<Option<serde_json::Value>> {
-        let artifact = self.store.artifact(&parse_id(&artifact_id)?).map_err(internal)?;
+        let id = parse_id(&artifact_id)?;
+        let artifact = self.blocking(move |p| p.store().artifact(&id).map_err(internal)).await?;
         artifact.map(|a| serde_json::to_value(a.to_json()).map_err(internal)).transpose()
     }
 
     async fn get_verdict(&self, artifact_id: String) -> RpcResult<Option<VerdictRecord>> {
-        self.store.verdict(&parse_id(&artifact_id)?).map_err(internal)
+        let id = parse_id(&artifact_id)?;
+        self.blocking(move |p| p.store().verdict(&id).map_err(internal)).await
     }
 
     async fn get_votes(&self, artifact_id: String) -> RpcResult<Vec<VoteJson>> {
-        let votes = self.store.votes(&parse_id(&artifact_id)?).map_err(internal)?;
+        let id = parse_id(&artifact_id)?;
+        let votes = self.blocking(move |p| p.store().votes(&id).map_err(internal)).await?;
         Ok(votes.iter().map(VoteJson::from).collect())
     }
 
     async fn verdict_history(&self, filter: Option<HistoryFilter>) -> RpcResult<HistoryPage> {
         let filter = filter.unwrap_or_default();
-        let miner = filter
-            .miner
-            .map(|m| PublicKey::from_hex(&m).map_err(|e| error(INVALID_PARAMS, format!("miner: {e}"))))
-            .transpose()?;
+        let key = |field: &str, text: Option<String>| {
+            text.map(|t| PublicKey::from_hex(&t).map_err(|e| error(INVALID_PARAMS, format!("{field}: {e}")))).transpose()
+        };
+        let miner = key("miner", filter.miner)?;
+        let validator = key("validator", filter.validator)?;
         let status = filter
             .status
             .map(|s| {
@@ -168,29 +190,42 @@ impl PoiApiServer for Rpc {
             .transpose()?;
         let query = HistoryQuery {
             miner,
+            validator,
             status,
             from_ms: filter.from_ms,
             to_ms: filter.to_ms,
             cursor,
             limit: filter.limit.unwrap_or(100),
         };
-        let (rows, next) = self.store.history(&query).map_err(internal)?;
+        let (rows, next) = self.blocking(move |p| p.store().history(&query).map_err(internal)).await?;
         Ok(HistoryPage { rows, next_cursor: next.map(hex::encode) })
     }
 
     async fn status(&self) -> RpcResult<NodeStatus> {
-        let checker = self.checker.lock().expect("checker lock");
+        let spec = self.pipeline.spec();
+        let peers = match &self.net {
+            Some(_) => Some(self.peers().await?.len()),
+            None => None,
+        };
         Ok(NodeStatus {
-            chain: checker.spec().name.clone(),
-            chain_id: checker.chain_id().to_hex(),
+            chain: spec.name.clone(),
+            chain_id: spec.chain_id().to_hex(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            artifacts_estimate: self.store.artifact_count_estimate().map_err(internal)?,
+            artifacts_estimate: self.pipeline.store().artifact_count_estimate().map_err(internal)?,
+            peers,
         })
+    }
+
+    async fn peers(&self) -> RpcResult<Vec<PeerInfo>> {
+        let Some(net) = &self.net else { return Ok(Vec::new()) };
+        let (reply, answer) = oneshot::channel();
+        net.send(Command::Peers(reply)).await.map_err(|_| internal("the node is stopping"))?;
+        answer.await.map_err(|_| internal("the node is stopping"))
     }
 
     async fn subscribe_verdicts(&self, pending: PendingSubscriptionSink) -> SubscriptionResult {
         let sink = pending.accept().await?;
-        let mut verdicts = self.verdicts.subscribe();
+        let mut verdicts = self.pipeline.subscribe();
         loop {
             match verdicts.recv().await {
                 Ok(record) => {

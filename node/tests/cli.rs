@@ -1,7 +1,6 @@
 //! The `poi` binary end to end: real processes, real files.
 
-#[path = "../../verifier/tests/common/mod.rs"]
-mod common;
+use poi_verifier::simulate as common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

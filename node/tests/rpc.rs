@@ -1,7 +1,6 @@
 //! JSON-RPC over real HTTP and WebSocket on 127.0.0.1.
 
-#[path = "../../verifier/tests/common/mod.rs"]
-mod common;
+use poi_verifier::simulate as common;
 
 use std::sync::Arc;
 
@@ -11,15 +10,16 @@ use jsonrpsee::http_client::HttpClientBuilder;
 use jsonrpsee::rpc_params;
 use jsonrpsee::ws_client::WsClientBuilder;
 use poi_chain_spec::ChainSpec;
+use poi_node::metrics::Metrics;
+use poi_node::pipeline::Pipeline;
 use poi_node::rpc::{serve, HistoryPage, NodeStatus, Rpc, SubmitResult};
 use poi_node::store::{Store, VerdictRecord};
-use poi_verifier::ReplayChecker;
 
 async fn node(dir: &std::path::Path) -> (String, jsonrpsee::server::ServerHandle) {
     let spec = ChainSpec::devnet();
     let store = Arc::new(Store::open(dir, spec.clone()).unwrap());
-    let (verdicts, _) = tokio::sync::broadcast::channel(64);
-    let rpc = Rpc::new(store, ReplayChecker::new(spec), verdicts);
+    let pipeline = Pipeline::new(store, spec, Arc::new(Metrics::default()), None);
+    let rpc = Rpc::new(Arc::new(pipeline), None);
     let (addr, handle) = serve("127.0.0.1:0".parse().unwrap(), rpc).await.unwrap();
     (addr.to_string(), handle)
 }

@@ -1,13 +1,12 @@
 //! The RocksDB ledger: atomic events, verdicts from votes, history pages,
 //! and everything still there after a restart.
 
-#[path = "../../verifier/tests/common/mod.rs"]
-mod common;
+use poi_verifier::simulate as common;
 
 use common::Chooser;
 use poi_artifact::{Artifact, ArtifactId, Keypair, Verdict, Vote, VoteBody, VoteFigures, SELECT_DOMAIN};
 use poi_chain_spec::{devnet_keypair, ChainSpec};
-use poi_node::store::{HistoryQuery, Store, StoreError};
+use poi_node::store::{HistoryQuery, LogEntry, Store, StoreError};
 use poi_verifier::verdict::{committee, is_selected, Status};
 
 fn artifact(seed: u64) -> Artifact {
@@ -127,4 +126,34 @@ fn history_pages_newest_first_with_filters() {
     let (rows, _) =
         store.history(&HistoryQuery { status: Some(Status::Disputed), limit: 100, ..Default::default() }).unwrap();
     assert_eq!(rows.iter().map(|r| r.artifact_id.clone()).collect::<Vec<_>>(), vec![disputed.to_hex()]);
+}
+
+#[test]
+fn the_log_pages_through_everything_stored_in_order_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts: Vec<Artifact> = (10..15).map(artifact).collect();
+    let id = artifacts[0].id();
+    let v = vote(&eligible(&id), &id, Verdict::Accept);
+    {
+        let store = Store::open(dir.path(), ChainSpec::devnet()).unwrap();
+        for (i, a) in artifacts.iter().enumerate() {
+            store.put_artifact(a, i as u64).unwrap();
+        }
+        store.put_artifact(&artifacts[0], 99).unwrap(); // a duplicate takes no log entry
+        store.put_vote(&v, 100).unwrap();
+        store.set_sync_cursor(b"peer", 4).unwrap();
+    }
+    let store = Store::open(dir.path(), ChainSpec::devnet()).unwrap();
+    let first = store.log_page(0, 4, usize::MAX).unwrap();
+    assert_eq!(first.entries.len(), 4);
+    assert!(first.more);
+    assert_eq!(first.entries[0], LogEntry::Artifact(artifacts[0].encode()));
+    let rest = store.log_page(first.next, 100, usize::MAX).unwrap();
+    assert_eq!(rest.entries, vec![LogEntry::Artifact(artifacts[4].encode()), LogEntry::Vote(v.encode())]);
+    assert!(!rest.more);
+    assert_eq!(store.sync_cursor(b"peer").unwrap(), 4);
+    assert_eq!(store.sync_cursor(b"other").unwrap(), 0);
+    // Numbering continues after a restart.
+    store.put_artifact(&artifact(20), 200).unwrap();
+    assert_eq!(store.log_page(rest.next, 100, usize::MAX).unwrap().entries.len(), 1);
 }

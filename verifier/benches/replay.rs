@@ -4,12 +4,10 @@
 //!
 //! cargo bench -p poi-verifier --bench replay
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use poi_artifact::Artifact;
 use poi_chain_spec::ChainSpec;
+use poi_verifier::simulate as common;
 use poi_verifier::ReplayChecker;
 
 const POSITIONS: usize = 256;

@@ -10,6 +10,7 @@ pub mod model;
 pub mod replay;
 pub mod runtime;
 pub mod sampler;
+pub mod simulate;
 pub mod surprisal;
 pub mod tokenizer;
 pub mod verdict;

@@ -1,7 +1,7 @@
 //! The replay check: honest artifacts pass; each rule broken once gets its own
 //! typed rejection, naming the position where there is one.
 
-mod common;
+use poi_verifier::simulate as common;
 
 use common::{body_with, build, miner, Chooser};
 use poi_artifact::{f16, Artifact, ArtifactBody, Candidate, DecodeError, FinishReason, Generation, Hash32, Keypair};

@@ -1,7 +1,7 @@
 //! The surprisal test on simulated sequences: honest z looks standard normal;
 //! tokens chosen by another model are caught.
 
-mod common;
+use poi_verifier::simulate as common;
 
 use common::{build, Chooser};
 use poi_chain_spec::ChainSpec;

@@ -30,6 +30,10 @@ pub enum BenchCommand {
     /// of the same tokens (the full check), optionally against llama.cpp's
     /// prompt processing and generation on the same GGUF; peak memory.
     Model(super::bench_model::Args),
+    /// Network throughput (DESIGN §10): nodes on loopback replay-check and
+    /// store every artifact; sustained artifacts/s and submit-to-stored-
+    /// everywhere latency.
+    Network(super::bench_network::Args),
 }
 
 #[derive(Deserialize)]
@@ -73,6 +77,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     let (vectors, positions) = match command {
         BenchCommand::Size { vectors, positions } => (vectors, positions),
         BenchCommand::Model(args) => return super::bench_model::run(args),
+        BenchCommand::Network(args) => return super::bench_network::run(args),
     };
     let text = std::fs::read_to_string(&vectors).with_context(|| format!("reading {}", vectors.display()))?;
     let file: VectorFile = serde_json::from_str(&text).context("not a distance2 vector file")?;

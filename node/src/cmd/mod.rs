@@ -1,10 +1,13 @@
 pub mod bench;
 pub mod bench_model;
+pub mod bench_network;
 pub mod compare;
 pub mod convert;
+pub mod devnet;
 pub mod keys;
 pub mod mine;
 pub mod model;
+pub mod node;
 pub mod verify;
 
 use std::path::Path;

@@ -14,6 +14,12 @@ pub const CF_VERDICTS: &str = "verdicts";
 pub const CF_BY_TIME: &str = "by_time";
 /// miner key ‖ u64_be(received ms) ‖ artifact id → ()
 pub const CF_BY_MINER: &str = "by_miner";
+/// u64_be(local sequence) ‖ kind byte ‖ key in its family → (): the order in
+/// which this node stored things, which peers page through to catch up.
+pub const CF_LOG: &str = "log";
+
+pub const LOG_ARTIFACT: u8 = 0;
+pub const LOG_VOTE: u8 = 1;
 
 pub fn vote_key(artifact: &ArtifactId, vote: &VoteId) -> Vec<u8> {
     [&artifact.0[..], &vote.0[..]].concat()
@@ -25,4 +31,8 @@ pub fn by_time_key(ms: u64, id: &ArtifactId) -> Vec<u8> {
 
 pub fn by_miner_key(miner: &PublicKey, ms: u64, id: &ArtifactId) -> Vec<u8> {
     [&miner.0[..], &ms.to_be_bytes()[..], &id.0[..]].concat()
+}
+
+pub fn log_key(seq: u64, kind: u8, key: &[u8]) -> Vec<u8> {
+    [&seq.to_be_bytes()[..], &[kind], key].concat()
 }

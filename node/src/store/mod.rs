@@ -6,6 +6,7 @@
 mod keys;
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use poi_artifact::{Artifact, ArtifactId, ChainId, Vote};
 use poi_chain_spec::ChainSpec;
@@ -15,10 +16,12 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use keys::{
-    by_miner_key, by_time_key, vote_key, CF_ARTIFACTS, CF_BY_MINER, CF_BY_TIME, CF_META, CF_VERDICTS, CF_VOTES,
+    by_miner_key, by_time_key, log_key, vote_key, CF_ARTIFACTS, CF_BY_MINER, CF_BY_TIME, CF_LOG, CF_META, CF_VERDICTS,
+    CF_VOTES, LOG_ARTIFACT, LOG_VOTE,
 };
 
 const META_CHAIN_ID: &[u8] = b"chain_id";
+const META_SYNC_PREFIX: &[u8] = b"sync/";
 /// The most rows one history page returns.
 pub const MAX_PAGE: usize = 1000;
 
@@ -39,6 +42,8 @@ pub struct VerdictRecord {
     pub miner: String,
     pub status: String,
     pub counted_votes: Vec<String>,
+    /// The validators whose votes counted.
+    pub voters: Vec<String>,
     pub equivocators: Vec<String>,
     pub received_at_ms: u64,
     pub updated_at_ms: u64,
@@ -48,6 +53,8 @@ pub struct VerdictRecord {
 #[derive(Clone, Debug, Default)]
 pub struct HistoryQuery {
     pub miner: Option<poi_artifact::PublicKey>,
+    /// Only artifacts this validator has a counted vote on.
+    pub validator: Option<poi_artifact::PublicKey>,
     pub status: Option<Status>,
     pub from_ms: Option<u64>,
     pub to_ms: Option<u64>,
@@ -55,9 +62,42 @@ pub struct HistoryQuery {
     pub limit: usize,
 }
 
+/// One stored object in the order this node stored it, as canonical bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogEntry {
+    Artifact(Vec<u8>),
+    Vote(Vec<u8>),
+}
+
+impl LogEntry {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Artifact(bytes) | Self::Vote(bytes) => bytes.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A page of the log: entries from a sequence number on, and where the next
+/// page starts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogPage {
+    pub entries: Vec<LogEntry>,
+    pub next: u64,
+    pub more: bool,
+}
+
 pub struct Store {
     db: DB,
     spec: ChainSpec,
+    /// The next log sequence number. Writers hold this lock across their
+    /// existence check, numbering and batch, so the log has no gap that a
+    /// peer paging through it could step over, and a duplicate is never
+    /// written twice.
+    writer: Mutex<u64>,
 }
 
 impl Store {
@@ -65,10 +105,17 @@ impl Store {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        let families = [CF_META, CF_ARTIFACTS, CF_VOTES, CF_VERDICTS, CF_BY_TIME, CF_BY_MINER]
+        let families = [CF_META, CF_ARTIFACTS, CF_VOTES, CF_VERDICTS, CF_BY_TIME, CF_BY_MINER, CF_LOG]
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&options, path, families)?;
-        let store = Self { db, spec };
+        let next_seq = {
+            let cf = db.cf_handle(CF_LOG).expect("opened above");
+            match db.iterator_cf(cf, IteratorMode::End).next().transpose()? {
+                Some((key, _)) => u64::from_be_bytes(key[..8].try_into().expect("log keys start with 8 bytes")) + 1,
+                None => 0,
+            }
+        };
+        let store = Self { db, spec, writer: Mutex::new(next_seq) };
         let chain_id = store.spec.chain_id();
         match store.db.get_cf(store.cf(CF_META), META_CHAIN_ID)? {
             Some(found) if found != chain_id.0 => {
@@ -88,7 +135,8 @@ impl Store {
     /// is rewritten).
     pub fn put_artifact(&self, artifact: &Artifact, received_at_ms: u64) -> Result<bool, StoreError> {
         let id = artifact.id();
-        if self.db.get_pinned_cf(self.cf(CF_ARTIFACTS), id.0)?.is_some() {
+        let mut next_seq = self.writer.lock().expect("writer lock");
+        if self.has_artifact(&id)? {
             return Ok(false);
         }
         let miner = artifact.body.miner;
@@ -96,11 +144,14 @@ impl Store {
         batch.put_cf(self.cf(CF_ARTIFACTS), id.0, artifact.encode());
         batch.put_cf(self.cf(CF_BY_TIME), by_time_key(received_at_ms, &id), []);
         batch.put_cf(self.cf(CF_BY_MINER), by_miner_key(&miner, received_at_ms, &id), []);
+        batch.put_cf(self.cf(CF_LOG), log_key(*next_seq, LOG_ARTIFACT, &id.0), []);
         // Votes may have arrived before the artifact.
-        let outcome = verdict(&self.spec, &id, &self.votes(&id)?);
-        let record = record(&id, &miner, &outcome, received_at_ms, received_at_ms);
+        let votes = self.votes(&id)?;
+        let outcome = verdict(&self.spec, &id, &votes);
+        let record = record(&id, &miner, &outcome, &votes, received_at_ms, received_at_ms);
         batch.put_cf(self.cf(CF_VERDICTS), id.0, serde_json::to_vec(&record).expect("serialisable"));
         self.db.write(batch)?;
+        *next_seq += 1;
         Ok(true)
     }
 
@@ -109,11 +160,13 @@ impl Store {
     pub fn put_vote(&self, vote: &Vote, now_ms: u64) -> Result<Option<VerdictRecord>, StoreError> {
         let artifact_id = vote.body.artifact_id;
         let key = vote_key(&artifact_id, &vote.id());
+        let mut next_seq = self.writer.lock().expect("writer lock");
         if self.db.get_pinned_cf(self.cf(CF_VOTES), &key)?.is_some() {
             return Ok(None);
         }
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_VOTES), &key, vote.encode());
+        batch.put_cf(self.cf(CF_LOG), log_key(*next_seq, LOG_VOTE, &key), []);
         let mut updated = None;
         if let Some(previous) = self.verdict(&artifact_id)? {
             let mut votes = self.votes(&artifact_id)?;
@@ -121,12 +174,17 @@ impl Store {
             let outcome = verdict(&self.spec, &artifact_id, &votes);
             let miner = poi_artifact::PublicKey::from_hex(&previous.miner)
                 .map_err(|detail| StoreError::Corrupt { what: "verdict", detail })?;
-            let record = record(&artifact_id, &miner, &outcome, previous.received_at_ms, now_ms);
+            let record = record(&artifact_id, &miner, &outcome, &votes, previous.received_at_ms, now_ms);
             batch.put_cf(self.cf(CF_VERDICTS), artifact_id.0, serde_json::to_vec(&record).expect("serialisable"));
             updated = Some(record);
         }
         self.db.write(batch)?;
+        *next_seq += 1;
         Ok(updated.or(Some(VerdictRecord::pending(&artifact_id))))
+    }
+
+    pub fn has_artifact(&self, id: &ArtifactId) -> Result<bool, StoreError> {
+        Ok(self.db.get_pinned_cf(self.cf(CF_ARTIFACTS), id.0)?.is_some())
     }
 
     pub fn artifact(&self, id: &ArtifactId) -> Result<Option<Artifact>, StoreError> {
@@ -185,11 +243,55 @@ impl Store {
             }
             let id = poi_artifact::Hash32(rest[8..].try_into().expect("32 bytes"));
             let Some(record) = self.verdict(&id)? else { continue };
-            if query.status.is_none_or(|s| s.as_str() == record.status) {
+            let status_matches = query.status.is_none_or(|s| s.as_str() == record.status);
+            let validator_matches = query.validator.is_none_or(|v| record.voters.contains(&v.to_hex()));
+            if status_matches && validator_matches {
                 rows.push(record);
             }
         }
         Ok((rows, None))
+    }
+
+    /// Stored objects from log sequence `from` on, up to `max_entries` or
+    /// about `max_bytes` (at least one entry, so a page always advances).
+    pub fn log_page(&self, from: u64, max_entries: usize, max_bytes: usize) -> Result<LogPage, StoreError> {
+        let mut page = LogPage { entries: Vec::new(), next: from, more: false };
+        let mut bytes = 0;
+        let start = from.to_be_bytes();
+        for item in self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::From(&start, Direction::Forward)) {
+            let (key, _) = item?;
+            if page.entries.len() == max_entries || (bytes >= max_bytes && !page.entries.is_empty()) {
+                page.more = true;
+                break;
+            }
+            let corrupt = |detail: &str| StoreError::Corrupt { what: "log", detail: detail.to_string() };
+            let seq = u64::from_be_bytes(key.get(..8).ok_or_else(|| corrupt("short key"))?.try_into().expect("8"));
+            let (family, make): (&str, fn(Vec<u8>) -> LogEntry) = match key.get(8) {
+                Some(&LOG_ARTIFACT) => (CF_ARTIFACTS, LogEntry::Artifact),
+                Some(&LOG_VOTE) => (CF_VOTES, LogEntry::Vote),
+                _ => return Err(corrupt("unknown kind")),
+            };
+            let value = self.db.get_cf(self.cf(family), &key[9..])?.ok_or_else(|| corrupt("dangling entry"))?;
+            bytes += value.len();
+            page.entries.push(make(value));
+            page.next = seq + 1;
+        }
+        Ok(page)
+    }
+
+    /// How far this node has read a peer's log (0: not at all).
+    pub fn sync_cursor(&self, peer: &[u8]) -> Result<u64, StoreError> {
+        let key = [META_SYNC_PREFIX, peer].concat();
+        Ok(match self.db.get_pinned_cf(self.cf(CF_META), key)? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes[..].try_into().map_err(|_| StoreError::Corrupt { what: "sync cursor", detail: "not 8 bytes".into() })?,
+            ),
+            None => 0,
+        })
+    }
+
+    pub fn set_sync_cursor(&self, peer: &[u8], next: u64) -> Result<(), StoreError> {
+        Ok(self.db.put_cf(self.cf(CF_META), [META_SYNC_PREFIX, peer].concat(), next.to_be_bytes())?)
     }
 
     pub fn artifact_count_estimate(&self) -> Result<u64, StoreError> {
@@ -205,6 +307,7 @@ impl VerdictRecord {
             miner: String::new(),
             status: "unknown-artifact".into(),
             counted_votes: Vec::new(),
+            voters: Vec::new(),
             equivocators: Vec::new(),
             received_at_ms: 0,
             updated_at_ms: 0,
@@ -216,14 +319,21 @@ fn record(
     id: &ArtifactId,
     miner: &poi_artifact::PublicKey,
     outcome: &VerdictOutcome,
+    votes: &[Vote],
     received_at_ms: u64,
     updated_at_ms: u64,
 ) -> VerdictRecord {
+    let voters = votes
+        .iter()
+        .filter(|v| outcome.counted.contains(&v.id().to_hex()))
+        .map(|v| v.body.validator.to_hex())
+        .collect();
     VerdictRecord {
         artifact_id: id.to_hex(),
         miner: miner.to_hex(),
         status: outcome.status.as_str().to_string(),
         counted_votes: outcome.counted.clone(),
+        voters,
         equivocators: outcome.equivocators.clone(),
         received_at_ms,
         updated_at_ms,

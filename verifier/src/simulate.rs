@@ -1,13 +1,13 @@
 //! A simulated miner: synthetic next-token distributions, sampled with sampler
 //! v1 exactly as a real miner does, so honest and fraudulent artifacts can be
-//! built without a model.
-#![allow(dead_code)]
+//! built without a model. Tests, the replay and network benchmarks and the
+//! devnet's load use it; nothing on a validator's path does.
 
 use poi_artifact::{
     candidate_order, f16, Artifact, ArtifactBody, Candidate, FinishReason, Generation, History, Keypair, Request,
 };
 use poi_chain_spec::ChainSpec;
-use poi_verifier::Sampler;
+use crate::Sampler;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -86,20 +86,20 @@ pub fn body_with(spec: &ChainSpec, n: usize, seed: u64, chooser: Chooser) -> Art
             }
             Chooser::HonestUnseeded => {
                 let kept = sampler.distribution(listed(), &history, &params).to_vec();
-                poi_verifier::choose_from(&kept, rng.gen()).unwrap()
+                crate::choose_from(&kept, rng.gen()).unwrap()
             }
             Chooser::OtherModel(noise) => {
                 let perturbed: Vec<(u32, f64)> =
                     listed().map(|(t, l)| (t, l + noise * standard_normal(&mut rng))).collect();
                 let kept = sampler.distribution(perturbed.into_iter(), &history, &params).to_vec();
-                poi_verifier::choose_from(&kept, rng.gen()).unwrap()
+                crate::choose_from(&kept, rng.gen()).unwrap()
             }
             Chooser::OtherModelInKept(noise) => {
                 let mut kept = sampler.distribution(listed(), &history, &params).to_vec();
                 kept.iter_mut().for_each(|k| k.probability *= (noise * standard_normal(&mut rng)).exp());
                 let total: f64 = kept.iter().map(|k| k.probability).sum();
                 kept.iter_mut().for_each(|k| k.probability /= total);
-                poi_verifier::choose_from(&kept, rng.gen()).unwrap()
+                crate::choose_from(&kept, rng.gen()).unwrap()
             }
         };
         history.push(candidates[chosen].token);

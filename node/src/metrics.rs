@@ -1,0 +1,114 @@
+//! Prometheus metrics (DESIGN §7), served as text at `GET /metrics` on their
+//! own port so that scraping never competes with RPC limits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// Where an object came from: `gossip`, `rpc`, `sync` or `local`.
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub artifacts_stored: Family<SourceLabel, Counter>,
+    pub artifacts_rejected: Family<SourceLabel, Counter>,
+    pub artifacts_duplicate: Family<SourceLabel, Counter>,
+    pub votes_stored: Family<SourceLabel, Counter>,
+    pub votes_rejected: Family<SourceLabel, Counter>,
+    /// Gossip messages dropped unchecked because the validation queue was full.
+    pub gossip_dropped: Counter,
+    pub full_checks: Family<OutcomeLabel, Counter>,
+    /// Selected artifacts left unchecked because the model queue was full.
+    pub full_checks_skipped: Counter,
+    pub full_check_queue: Gauge,
+    pub peers: Gauge,
+    pub sync_entries: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut metrics = Self {
+            registry: Registry::with_prefix("poi"),
+            artifacts_stored: Family::default(),
+            artifacts_rejected: Family::default(),
+            artifacts_duplicate: Family::default(),
+            votes_stored: Family::default(),
+            votes_rejected: Family::default(),
+            gossip_dropped: Counter::default(),
+            full_checks: Family::default(),
+            full_checks_skipped: Counter::default(),
+            full_check_queue: Gauge::default(),
+            peers: Gauge::default(),
+            sync_entries: Counter::default(),
+        };
+        let registry = &mut metrics.registry;
+        registry.register("artifacts_stored", "Artifacts that passed the replay check and were stored", metrics.artifacts_stored.clone());
+        registry.register("artifacts_rejected", "Artifacts that failed decoding or the replay check", metrics.artifacts_rejected.clone());
+        registry.register("artifacts_duplicate", "Artifacts received again after being stored", metrics.artifacts_duplicate.clone());
+        registry.register("votes_stored", "Signed votes stored", metrics.votes_stored.clone());
+        registry.register("votes_rejected", "Votes refused (bad encoding, signature, chain or eligibility)", metrics.votes_rejected.clone());
+        registry.register("gossip_dropped", "Gossip messages ignored because validation was saturated", metrics.gossip_dropped.clone());
+        registry.register("full_checks", "Full checks run by this validator, by verdict", metrics.full_checks.clone());
+        registry.register("full_checks_skipped", "Selected artifacts not checked because the model queue was full", metrics.full_checks_skipped.clone());
+        registry.register("full_check_queue", "Artifacts waiting for the model", metrics.full_check_queue.clone());
+        registry.register("peers", "Connected peers", metrics.peers.clone());
+        registry.register("sync_entries", "Objects received through catch-up sync", metrics.sync_entries.clone());
+        metrics
+    }
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// Serves `GET /metrics` until the task is dropped; returns the bound address.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let metrics = metrics.clone();
+                    async move {
+                        let response = if request.uri().path() == "/metrics" {
+                            Response::builder()
+                                .header("content-type", "text/plain; version=0.0.4")
+                                .body(Full::new(Bytes::from(metrics.render())))
+                        } else {
+                            Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::from_static(b"not found\n")))
+                        };
+                        Ok::<_, hyper::http::Error>(response.expect("static response parts"))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Ok((local, task))
+}

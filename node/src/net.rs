@@ -1,0 +1,168 @@
+//! The libp2p side: transports (TCP and QUIC, noise, yamux), gossipsub with
+//! application validation and peer scoring, identify, and the catch-up sync
+//! protocol over request-response. Building the swarm is here; running it is
+//! `service`'s event loop.
+
+use std::time::Duration;
+
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, PeerScoreParams, PeerScoreThresholds, TopicScoreParams};
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{identify, identity, noise, tcp, yamux, StreamProtocol, Swarm, SwarmBuilder};
+use poi_artifact::{sha256, ChainId, Keypair};
+use poi_chain_spec::ChainSpec;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{LogEntry, LogPage};
+
+pub const SYNC_PROTOCOL: &str = "/poi/sync/1";
+/// Objects per sync page, and the byte budget a page aims for.
+pub const SYNC_PAGE_ENTRIES: usize = 512;
+pub const SYNC_PAGE_BYTES: usize = 4 << 20;
+
+/// Gossipsub score penalty per invalid message, squared by count: three
+/// invalid messages pass the graylist threshold.
+const INVALID_MESSAGE_WEIGHT: f64 = -10.0;
+pub const GRAYLIST_THRESHOLD: f64 = -80.0;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    /// The first log sequence number wanted.
+    pub from: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncEntry {
+    Artifact(#[serde(with = "serde_bytes")] Vec<u8>),
+    Vote(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncResponse {
+    pub entries: Vec<SyncEntry>,
+    pub next: u64,
+    pub more: bool,
+}
+
+impl From<LogPage> for SyncResponse {
+    fn from(page: LogPage) -> Self {
+        let entries = page
+            .entries
+            .into_iter()
+            .map(|entry| match entry {
+                LogEntry::Artifact(bytes) => SyncEntry::Artifact(bytes),
+                LogEntry::Vote(bytes) => SyncEntry::Vote(bytes),
+            })
+            .collect();
+        Self { entries, next: page.next, more: page.more }
+    }
+}
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub gossipsub: gossipsub::Behaviour,
+    pub identify: identify::Behaviour,
+    pub sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
+}
+
+/// The chain's two gossip topics; the chain id in the name keeps chains apart.
+#[derive(Clone)]
+pub struct Topics {
+    pub artifacts: IdentTopic,
+    pub votes: IdentTopic,
+}
+
+impl Topics {
+    pub fn new(chain_id: &ChainId) -> Self {
+        let prefix = &chain_id.to_hex()[..16];
+        Self {
+            artifacts: IdentTopic::new(format!("/poi/{prefix}/artifacts/1")),
+            votes: IdentTopic::new(format!("/poi/{prefix}/votes/1")),
+        }
+    }
+}
+
+/// The libp2p identity of a node is its validator (or miner) key, so a peer
+/// id names the key holder.
+pub fn identity(key: &Keypair) -> identity::Keypair {
+    identity::Keypair::ed25519_from_bytes(key.secret()).expect("32 bytes are a valid ed25519 secret")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("gossipsub configuration: {0}")]
+    Gossipsub(String),
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+fn gossipsub(key: &identity::Keypair, spec: &ChainSpec, topics: &Topics) -> Result<gossipsub::Behaviour, NetError> {
+    let config = gossipsub::ConfigBuilder::default()
+        // Nothing is forwarded before the replay check reports on it.
+        .validate_messages()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .message_id_fn(|message: &gossipsub::Message| gossipsub::MessageId::from(sha256(&message.data).0.to_vec()))
+        .max_transmit_size(spec.limits.max_artifact_bytes as usize + 4096)
+        .heartbeat_interval(Duration::from_millis(500))
+        .build()
+        .map_err(|e| NetError::Gossipsub(e.to_string()))?;
+    let mut behaviour = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), config)
+        .map_err(|e| NetError::Gossipsub(e.to_string()))?;
+    let mut params = PeerScoreParams {
+        // Validators are known keys, and devnets put every node on one
+        // address: co-location says nothing here.
+        ip_colocation_factor_weight: 0.0,
+        ..PeerScoreParams::default()
+    };
+    for topic in [&topics.artifacts, &topics.votes] {
+        let topic_params = TopicScoreParams {
+            topic_weight: 1.0,
+            invalid_message_deliveries_weight: INVALID_MESSAGE_WEIGHT,
+            invalid_message_deliveries_decay: 0.9,
+            // A quiet network delivers nothing; that is no fault.
+            mesh_message_deliveries_weight: 0.0,
+            mesh_failure_penalty_weight: 0.0,
+            ..TopicScoreParams::default()
+        };
+        params.topics.insert(topic.hash(), topic_params);
+    }
+    let thresholds = PeerScoreThresholds {
+        gossip_threshold: -10.0,
+        publish_threshold: -50.0,
+        graylist_threshold: GRAYLIST_THRESHOLD,
+        accept_px_threshold: 10.0,
+        opportunistic_graft_threshold: 5.0,
+    };
+    behaviour.with_peer_score(params, thresholds).map_err(NetError::Gossipsub)?;
+    for topic in [&topics.artifacts, &topics.votes] {
+        behaviour.subscribe(topic).map_err(|e| NetError::Gossipsub(e.to_string()))?;
+    }
+    Ok(behaviour)
+}
+
+pub fn build_swarm(key: &Keypair, spec: &ChainSpec) -> Result<Swarm<Behaviour>, NetError> {
+    let topics = Topics::new(&spec.chain_id());
+    let codec = request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(1024)
+        .set_response_size_maximum((SYNC_PAGE_BYTES + 2 * spec.limits.max_artifact_bytes as usize) as u64);
+    let swarm = SwarmBuilder::with_existing_identity(identity(key))
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_quic()
+        .with_behaviour(|key| {
+            Ok(Behaviour {
+                gossipsub: gossipsub(key, spec, &topics).map_err(Box::new)?,
+                identify: identify::Behaviour::new(identify::Config::new("/poi/1".into(), key.public())),
+                sync: request_response::Behaviour::with_codec(
+                    codec,
+                    [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
+                    request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+                ),
+            })
+        })
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    Ok(swarm)
+}

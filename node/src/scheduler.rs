@@ -1,0 +1,188 @@
+//! The full-check scheduler: a bounded queue and a fixed pool of worker
+//! threads that run the model, off the event loop. When the queue is full a
+//! selected artifact goes unchecked (counted in the metrics) rather than
+//! growing memory: selection is a right to vote, not a duty.
+
+use std::collections::HashSet;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
+use poi_artifact::{Artifact, ArtifactId, Keypair, Signature, Verdict, Vote, VoteBody, VoteFigures};
+use poi_chain_spec::{ChainSpec, Thresholds};
+use poi_verifier::runtime::Runtime;
+use poi_verifier::ReplayChecker;
+use tokio::sync::mpsc;
+
+use crate::metrics::{Metrics, OutcomeLabel};
+use crate::pipeline::now_ms;
+
+/// Re-runs the model over an artifact. Implemented by the real model; the
+/// trait lets a node run without one (relay and store only) and keeps the
+/// scheduler independent of candle.
+pub trait FullChecker: Send + Sync {
+    fn check(&self, artifact: &Artifact) -> Result<(Verdict, VoteFigures), String>;
+}
+
+/// The pinned model under the chain's profile and thresholds.
+pub struct ModelChecker {
+    runtime: Arc<Runtime>,
+    thresholds: Thresholds,
+    spec: ChainSpec,
+}
+
+impl ModelChecker {
+    pub fn new(runtime: Arc<Runtime>, spec: &ChainSpec) -> Self {
+        Self {
+            runtime,
+            thresholds: spec.thresholds.clone(),
+            spec: spec.clone(),
+        }
+    }
+}
+
+impl FullChecker for ModelChecker {
+    fn check(&self, artifact: &Artifact) -> Result<(Verdict, VoteFigures), String> {
+        let report =
+            poi_verifier::full_check::full_check(&self.runtime.model, artifact, &self.thresholds).map_err(|e| e.to_string())?;
+        // The vote carries the surprisal z too. The replay check (which
+        // applies the z limit where it is the test) passed before the
+        // artifact was stored, so this repeats it only for the figure.
+        let z = ReplayChecker::new(self.spec.clone()).check(artifact).map_err(|e| e.to_string())?.z();
+        let verdict = if report.accepted { Verdict::Accept } else { Verdict::Reject };
+        Ok((
+            verdict,
+            VoteFigures {
+                distance: report.distance2,
+                match_ratio: report.match_ratio,
+                surprisal_z: z,
+                profile_id: report.profile_id,
+            },
+        ))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckReason {
+    /// This validator's selection proof selected it.
+    Selected,
+    /// A vote disputed the artifact and this validator sits on its committee.
+    Committee,
+}
+
+pub struct Job {
+    pub artifact: Artifact,
+    pub selection_proof: Signature,
+    pub reason: CheckReason,
+}
+
+/// The sending side; cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    jobs: SyncSender<Job>,
+    /// Queued or running artifacts: a validator never checks one twice, so
+    /// it can never sign two different votes for it.
+    pending: Arc<Mutex<HashSet<ArtifactId>>>,
+    metrics: Arc<Metrics>,
+}
+
+pub struct QueueFull;
+
+impl Scheduler {
+    /// Starts `workers` threads that check and sign; signed votes go to
+    /// `votes` for the node to store and gossip.
+    pub fn start(
+        workers: usize,
+        capacity: usize,
+        checker: Arc<dyn FullChecker>,
+        key: Arc<Keypair>,
+        spec: &ChainSpec,
+        metrics: Arc<Metrics>,
+        votes: mpsc::Sender<Vote>,
+    ) -> Self {
+        let (jobs, receiver) = sync_channel(capacity);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let pending = Arc::new(Mutex::new(HashSet::new()));
+        for index in 0..workers.max(1) {
+            let worker = Worker {
+                jobs: receiver.clone(),
+                checker: checker.clone(),
+                key: key.clone(),
+                chain_id: spec.chain_id(),
+                pending: pending.clone(),
+                metrics: metrics.clone(),
+                votes: votes.clone(),
+            };
+            std::thread::Builder::new()
+                .name(format!("full-check-{index}"))
+                .spawn(move || worker.run())
+                .expect("spawning a full-check worker");
+        }
+        Self { jobs, pending, metrics }
+    }
+
+    pub fn try_submit(&self, job: Job) -> Result<(), QueueFull> {
+        let id = job.artifact.id();
+        if !self.pending.lock().expect("pending set").insert(id) {
+            return Ok(());
+        }
+        match self.jobs.try_send(job) {
+            Ok(()) => {
+                self.metrics.full_check_queue.inc();
+                Ok(())
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.pending.lock().expect("pending set").remove(&id);
+                Err(QueueFull)
+            }
+        }
+    }
+}
+
+struct Worker {
+    jobs: Arc<Mutex<Receiver<Job>>>,
+    checker: Arc<dyn FullChecker>,
+    key: Arc<Keypair>,
+    chain_id: poi_artifact::ChainId,
+    pending: Arc<Mutex<HashSet<ArtifactId>>>,
+    metrics: Arc<Metrics>,
+    votes: mpsc::Sender<Vote>,
+}
+
+impl Worker {
+    fn run(self) {
+        loop {
+            let job = match self.jobs.lock().expect("job queue").recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            };
+            self.metrics.full_check_queue.dec();
+            let id = job.artifact.id();
+            let outcome = self.checker.check(&job.artifact);
+            match outcome {
+                Ok((verdict, figures)) => {
+                    self.metrics.full_checks.get_or_create(&OutcomeLabel { outcome: verdict.as_str() }).inc();
+                    tracing::info!(artifact = %id.to_hex(), verdict = verdict.as_str(), distance2 = figures.distance,
+                        match_ratio = figures.match_ratio, reason = ?job.reason, "full check");
+                    let vote = VoteBody {
+                        chain_id: self.chain_id,
+                        artifact_id: id,
+                        validator: self.key.public(),
+                        selection_proof: job.selection_proof,
+                        verdict,
+                        figures,
+                        created_at_ms: now_ms(),
+                    }
+                    .sign(&self.key);
+                    if self.votes.blocking_send(vote).is_err() {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    self.metrics.full_checks.get_or_create(&OutcomeLabel { outcome: "error" }).inc();
+                    tracing::error!(artifact = %id.to_hex(), %err, "full check failed; not voting");
+                }
+            }
+            self.pending.lock().expect("pending set").remove(&id);
+        }
+    }
+}

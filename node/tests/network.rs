@@ -1,0 +1,175 @@
+//! Multi-node tests: real nodes in this process on 127.0.0.1 (libp2p over
+//! TCP, RocksDB, JSON-RPC over HTTP), and the real model where votes matter.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::http_client::HttpClientBuilder;
+use jsonrpsee::rpc_params;
+use libp2p::gossipsub;
+use libp2p::swarm::SwarmEvent;
+use poi_artifact::Keypair;
+use poi_chain_spec::{devnet_keypair, ChainSpec};
+use poi_node::net::{build_swarm, BehaviourEvent, Topics};
+use poi_node::rpc::SubmitResult;
+use poi_node::scheduler::{FullChecker, ModelChecker};
+use poi_node::service::{start, NodeConfig, NodeHandle};
+use poi_verifier::runtime::{default_model_path, Runtime};
+use poi_verifier::simulate::{build, Chooser};
+
+async fn node(spec: &ChainSpec, index: u32, dir: &std::path::Path, bootnodes: &[&NodeHandle]) -> NodeHandle {
+    let mut config = NodeConfig::new(spec.clone(), devnet_keypair(index), dir.join(format!("node{index}")));
+    config.bootnodes = bootnodes.iter().map(|n| n.dial_addr()).collect();
+    config.sync_interval = Duration::from_millis(300);
+    start(config).await.unwrap()
+}
+
+async fn submit(node: &NodeHandle, bytes: &[u8]) -> SubmitResult {
+    let client = HttpClientBuilder::default().build(format!("http://{}", node.rpc_addr.unwrap())).unwrap();
+    client.request("poi_submitArtifact", rpc_params![hex::encode(bytes)]).await.unwrap()
+}
+
+/// Polls `done` until it holds or `limit` passes.
+async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    done()
+}
+
+fn stored(node: &NodeHandle, id: &poi_artifact::ArtifactId) -> bool {
+    node.pipeline.store().has_artifact(id).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_reaches_every_node_and_a_late_or_restarted_node_catches_up() {
+    let spec = ChainSpec::local_devnet(3, 0.25).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&spec, 0, dir.path(), &[]).await;
+    let b = node(&spec, 1, dir.path(), &[&a]).await;
+    let artifacts: Vec<_> = (0..5).map(|seed| build(&spec, 32, 100 + seed, Chooser::Seeded)).collect();
+    // Gossip needs the mesh; the first submissions may reach b by sync instead.
+    for built in &artifacts {
+        assert!(submit(&a, &built.bytes).await.stored);
+    }
+    let ids: Vec<_> = artifacts.iter().map(|b| b.artifact.id()).collect();
+    assert!(eventually(Duration::from_secs(20), || ids.iter().all(|id| stored(&b, id))).await, "b has every artifact");
+
+    // c starts after everything was published: only sync can bring it.
+    let c = node(&spec, 2, dir.path(), &[&b]).await;
+    assert!(eventually(Duration::from_secs(20), || ids.iter().all(|id| stored(&c, id))).await, "c caught up");
+    for id in &ids {
+        let verdicts: Vec<_> = [&a, &b, &c].map(|n| n.pipeline.store().verdict(id).unwrap().unwrap().status).into();
+        assert!(verdicts.iter().all(|s| s == "accepted-replay-only"), "{verdicts:?}");
+    }
+
+    // Restarted from its data dir alone, c still has everything.
+    c.stop().await;
+    let c = node(&spec, 2, dir.path(), &[]).await;
+    assert!(ids.iter().all(|id| stored(&c, id)));
+    for node in [a, b, c] {
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_gossip_is_not_forwarded_and_its_sender_is_penalised() {
+    let spec = ChainSpec::local_devnet(2, 0.25).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&spec, 0, dir.path(), &[]).await;
+    let b = node(&spec, 1, dir.path(), &[&a]).await;
+
+    // A peer that speaks the protocol but publishes garbage and a forged artifact.
+    let mut evil = build_swarm(&Keypair::generate(), &spec).unwrap();
+    evil.dial(a.dial_addr()).unwrap();
+    let topics = Topics::new(&spec.chain_id());
+    let subscribed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. })) =
+                evil.select_next_some().await
+            {
+                if topic == topics.artifacts.hash() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(subscribed.is_ok(), "a subscribed to the artifacts topic as seen by the evil peer");
+    let mut forged = build(&spec, 16, 7, Chooser::Seeded).bytes;
+    let last = forged.len() - 1;
+    forged[last] ^= 1; // the signature no longer verifies
+    for bad in [b"not an artifact".to_vec(), forged] {
+        evil.behaviour_mut().gossipsub.publish(topics.artifacts.clone(), bad).unwrap();
+    }
+    let evil_id = *evil.local_peer_id();
+    let drive = tokio::spawn(async move {
+        loop {
+            evil.select_next_some().await;
+        }
+    });
+
+    let rejected = |n: &NodeHandle| {
+        n.metrics.artifacts_rejected.get_or_create(&poi_node::metrics::SourceLabel { source: "gossip" }).get()
+    };
+    assert!(eventually(Duration::from_secs(20), || rejected(&a) == 2).await, "a rejected both messages");
+    let mut penalised = false;
+    for _ in 0..40 {
+        let peers = a.peers().await;
+        if peers.iter().any(|p| p.peer_id == evil_id.to_string() && p.score.is_some_and(|s| s < 0.0)) {
+            penalised = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(penalised, "a's gossip score for the sender is negative: {:?}", a.peers().await);
+    // b never saw them: a did not forward what it rejected.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rejected(&b), 0);
+    assert_eq!(b.pipeline.store().artifact_count_estimate().unwrap(), 0);
+    drive.abort();
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Every validator selected (rate 1): each re-runs the real model, votes are
+/// gossiped, and every node computes the same verdict from the same votes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn votes_from_the_real_model_converge_to_one_verdict_on_every_node() {
+    let spec = ChainSpec::local_devnet(3, 1.0).unwrap();
+    let runtime = Arc::new(Runtime::load_pinned(&spec, &default_model_path(&spec), None).unwrap());
+    let checker: Arc<dyn FullChecker> = Arc::new(ModelChecker::new(runtime, &spec));
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<NodeHandle> = Vec::new();
+    for i in 0..3 {
+        let mut config = NodeConfig::new(spec.clone(), devnet_keypair(i), dir.path().join(format!("node{i}")));
+        config.bootnodes = nodes.iter().map(NodeHandle::dial_addr).collect();
+        config.checker = Some(checker.clone());
+        config.sync_interval = Duration::from_millis(300);
+        nodes.push(start(config).await.unwrap());
+    }
+    // Synthetic distributions are not the model's: every full check rejects.
+    let built = build(&spec, 16, 9, Chooser::Seeded);
+    let id = built.artifact.id();
+    submit(&nodes[1], &built.bytes).await;
+    let settled = eventually(Duration::from_secs(120), || {
+        nodes.iter().all(|n| n.pipeline.store().votes(&id).unwrap().len() == 3)
+    })
+    .await;
+    assert!(settled, "every node holds all three votes");
+    for node in &nodes {
+        let record = node.pipeline.store().verdict(&id).unwrap().unwrap();
+        assert_eq!(record.status, "rejected");
+        assert_eq!(record.voters.len(), 3);
+        assert!(record.equivocators.is_empty());
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}
