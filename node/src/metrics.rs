@@ -61,14 +61,38 @@ impl Default for Metrics {
             sync_entries: Counter::default(),
         };
         let registry = &mut metrics.registry;
-        registry.register("artifacts_stored", "Artifacts that passed the replay check and were stored", metrics.artifacts_stored.clone());
-        registry.register("artifacts_rejected", "Artifacts that failed decoding or the replay check", metrics.artifacts_rejected.clone());
-        registry.register("artifacts_duplicate", "Artifacts received again after being stored", metrics.artifacts_duplicate.clone());
+        registry.register(
+            "artifacts_stored",
+            "Artifacts that passed the replay check and were stored",
+            metrics.artifacts_stored.clone(),
+        );
+        registry.register(
+            "artifacts_rejected",
+            "Artifacts that failed decoding or the replay check",
+            metrics.artifacts_rejected.clone(),
+        );
+        registry.register(
+            "artifacts_duplicate",
+            "Artifacts received again after being stored",
+            metrics.artifacts_duplicate.clone(),
+        );
         registry.register("votes_stored", "Signed votes stored", metrics.votes_stored.clone());
-        registry.register("votes_rejected", "Votes refused (bad encoding, signature, chain or eligibility)", metrics.votes_rejected.clone());
-        registry.register("gossip_dropped", "Gossip messages ignored because validation was saturated", metrics.gossip_dropped.clone());
+        registry.register(
+            "votes_rejected",
+            "Votes refused (bad encoding, signature, chain or eligibility)",
+            metrics.votes_rejected.clone(),
+        );
+        registry.register(
+            "gossip_dropped",
+            "Gossip messages ignored because validation was saturated",
+            metrics.gossip_dropped.clone(),
+        );
         registry.register("full_checks", "Full checks run by this validator, by verdict", metrics.full_checks.clone());
-        registry.register("full_checks_skipped", "Selected artifacts not checked because the model queue was full", metrics.full_checks_skipped.clone());
+        registry.register(
+            "full_checks_skipped",
+            "Selected artifacts not checked because the model queue was full",
+            metrics.full_checks_skipped.clone(),
+        );
         registry.register("full_check_queue", "Artifacts waiting for the model", metrics.full_check_queue.clone());
         registry.register("peers", "Connected peers", metrics.peers.clone());
         registry.register("sync_entries", "Objects received through catch-up sync", metrics.sync_entries.clone());
@@ -85,7 +109,10 @@ impl Metrics {
 }
 
 /// Serves `GET /metrics` until the task is dropped; returns the bound address.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let task = tokio::spawn(async move {
@@ -101,12 +128,15 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<(
                                 .header("content-type", "text/plain; version=0.0.4")
                                 .body(Full::new(Bytes::from(metrics.render())))
                         } else {
-                            Response::builder().status(StatusCode::NOT_FOUND).body(Full::new(Bytes::from_static(b"not found\n")))
+                            Response::builder()
+                                .status(StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::from_static(b"not found\n")))
                         };
                         Ok::<_, hyper::http::Error>(response.expect("static response parts"))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });

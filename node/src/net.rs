@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, PeerScoreParams, PeerScoreThresholds, TopicScoreParams};
+use libp2p::gossipsub::{
+    self, IdentTopic, MessageAuthenticity, PeerScoreParams, PeerScoreThresholds, TopicScoreParams,
+};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{identify, identity, noise, tcp, yamux, StreamProtocol, Swarm, SwarmBuilder};

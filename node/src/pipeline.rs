@@ -127,10 +127,10 @@ impl Pipeline {
             if let Some(stored) = self.store.artifact(&id)? {
                 if stored.encode() == bytes {
                     self.metrics.artifacts_duplicate.get_or_create(&label).inc();
-                    let verdict = self.store.verdict(&id)?.ok_or(StoreError::Corrupt {
-                        what: "verdict",
-                        detail: "artifact without verdict".into(),
-                    })?;
+                    let verdict = self
+                        .store
+                        .verdict(&id)?
+                        .ok_or(StoreError::Corrupt { what: "verdict", detail: "artifact without verdict".into() })?;
                     return Ok(Ingested { id, new: false, verdict });
                 }
             }
@@ -140,7 +140,8 @@ impl Pipeline {
         })?;
         let id = artifact.id();
         let new = self.store.put_artifact(&artifact, now_ms())?;
-        let verdict = self.store.verdict(&id)?.ok_or(StoreError::Corrupt { what: "verdict", detail: "missing".into() })?;
+        let verdict =
+            self.store.verdict(&id)?.ok_or(StoreError::Corrupt { what: "verdict", detail: "missing".into() })?;
         if new {
             self.metrics.artifacts_stored.get_or_create(&label).inc();
             let _ = self.verdicts.send(verdict.clone());
@@ -199,7 +200,8 @@ impl Pipeline {
             return Err(invalid(format!("{} is not a validator of this chain", body.validator.to_hex())));
         }
         vote.verify_signature().map_err(|e| invalid(e.to_string()))?;
-        let selected = is_selected(&body.validator, &body.artifact_id, &body.selection_proof, self.spec.full_check_rate);
+        let selected =
+            is_selected(&body.validator, &body.artifact_id, &body.selection_proof, self.spec.full_check_rate);
         if !selected && !committee(&self.spec, &body.artifact_id).contains(&body.validator) {
             return Err(invalid("validator was neither selected nor on the dispute committee".into()));
         }

@@ -171,7 +171,8 @@ impl PoiApiServer for Rpc {
     async fn verdict_history(&self, filter: Option<HistoryFilter>) -> RpcResult<HistoryPage> {
         let filter = filter.unwrap_or_default();
         let key = |field: &str, text: Option<String>| {
-            text.map(|t| PublicKey::from_hex(&t).map_err(|e| error(INVALID_PARAMS, format!("{field}: {e}")))).transpose()
+            text.map(|t| PublicKey::from_hex(&t).map_err(|e| error(INVALID_PARAMS, format!("{field}: {e}"))))
+                .transpose()
         };
         let miner = key("miner", filter.miner)?;
         let validator = key("validator", filter.validator)?;

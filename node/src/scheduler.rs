@@ -32,18 +32,14 @@ pub struct ModelChecker {
 
 impl ModelChecker {
     pub fn new(runtime: Arc<Runtime>, spec: &ChainSpec) -> Self {
-        Self {
-            runtime,
-            thresholds: spec.thresholds.clone(),
-            spec: spec.clone(),
-        }
+        Self { runtime, thresholds: spec.thresholds.clone(), spec: spec.clone() }
     }
 }
 
 impl FullChecker for ModelChecker {
     fn check(&self, artifact: &Artifact) -> Result<(Verdict, VoteFigures), String> {
-        let report =
-            poi_verifier::full_check::full_check(&self.runtime.model, artifact, &self.thresholds).map_err(|e| e.to_string())?;
+        let report = poi_verifier::full_check::full_check(&self.runtime.model, artifact, &self.thresholds)
+            .map_err(|e| e.to_string())?;
         // The vote carries the surprisal z too. The replay check (which
         // applies the z limit where it is the test) passed before the
         // artifact was stored, so this repeats it only for the figure.

@@ -81,7 +81,6 @@ pub struct PeerInfo {
 pub enum Command {
     Publish { votes: bool, bytes: Vec<u8> },
     Peers(oneshot::Sender<Vec<PeerInfo>>),
-    Dial(Multiaddr),
 }
 
 enum Job {
@@ -117,20 +116,12 @@ impl NodeHandle {
         self.listen_addrs[0].clone().with(Protocol::P2p(self.peer_id))
     }
 
-    pub fn commands(&self) -> mpsc::Sender<Command> {
-        self.commands.clone()
-    }
-
     pub async fn peers(&self) -> Vec<PeerInfo> {
         let (reply, answer) = oneshot::channel();
         if self.commands.send(Command::Peers(reply)).await.is_err() {
             return Vec::new();
         }
         answer.await.unwrap_or_default()
-    }
-
-    pub async fn send(&self, command: Command) {
-        let _ = self.commands.send(command).await;
     }
 
     /// Stops networking and RPC and waits until nothing else holds the
@@ -414,7 +405,11 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure { peer, error, .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure {
+                peer,
+                error,
+                ..
+            })) => {
                 tracing::debug!(%peer, %error, "sync request failed");
                 self.syncing.remove(&peer);
             }
@@ -509,11 +504,6 @@ impl EventLoop {
                     .map(|peer| PeerInfo { peer_id: peer.to_string(), score: gossipsub.peer_score(peer) })
                     .collect();
                 let _ = reply.send(peers);
-            }
-            Command::Dial(addr) => {
-                if let Err(err) = self.swarm.dial(addr.clone()) {
-                    tracing::warn!(%addr, %err, "dialing");
-                }
             }
         }
     }

@@ -14,7 +14,8 @@ fn devnet_accepts_honest_rejects_fraud_and_every_node_agrees() {
     let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{all}");
     let summary = stdout.split_once("\nartifact").map(|(_, table)| table).expect("a summary table");
-    let row = |kind: &str| summary.lines().find(|l| l.starts_with(kind)).unwrap_or_else(|| panic!("no {kind} row in\n{all}"));
+    let row =
+        |kind: &str| summary.lines().find(|l| l.starts_with(kind)).unwrap_or_else(|| panic!("no {kind} row in\n{all}"));
     // Three counted votes on every node.
     assert_eq!(row("honest ").matches("accepted (3)").count(), 3, "{all}");
     assert_eq!(row("cheap model").matches("rejected (3)").count(), 3, "{all}");

@@ -43,6 +43,16 @@ async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     done()
 }
 
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
 fn stored(node: &NodeHandle, id: &poi_artifact::ArtifactId) -> bool {
     node.pipeline.store().has_artifact(id).unwrap()
 }
@@ -82,7 +92,9 @@ async fn gossip_reaches_every_node_and_a_late_or_restarted_node_catches_up() {
 async fn invalid_gossip_is_not_forwarded_and_its_sender_is_penalised() {
     let spec = ChainSpec::local_devnet(2, 0.25).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let a = node(&spec, 0, dir.path(), &[]).await;
+    let mut config = NodeConfig::new(spec.clone(), devnet_keypair(0), dir.path().join("node0"));
+    config.metrics = Some("127.0.0.1:0".parse().unwrap());
+    let a = start(config).await.unwrap();
     let b = node(&spec, 1, dir.path(), &[&a]).await;
 
     // A peer that speaks the protocol but publishes garbage and a forged artifact.
@@ -133,6 +145,8 @@ async fn invalid_gossip_is_not_forwarded_and_its_sender_is_penalised() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rejected(&b), 0);
     assert_eq!(b.pipeline.store().artifact_count_estimate().unwrap(), 0);
+    let metrics = http_get(a.metrics_addr.unwrap(), "/metrics").await;
+    assert!(metrics.contains("poi_artifacts_rejected_total{source=\"gossip\"} 2"), "{metrics}");
     drive.abort();
     a.stop().await;
     b.stop().await;

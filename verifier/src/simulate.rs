@@ -3,11 +3,11 @@
 //! built without a model. Tests, the replay and network benchmarks and the
 //! devnet's load use it; nothing on a validator's path does.
 
+use crate::Sampler;
 use poi_artifact::{
     candidate_order, f16, Artifact, ArtifactBody, Candidate, FinishReason, Generation, History, Keypair, Request,
 };
 use poi_chain_spec::ChainSpec;
-use crate::Sampler;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

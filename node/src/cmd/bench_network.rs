@@ -108,7 +108,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             worker.await?.map_err(|e: jsonrpsee::core::ClientError| anyhow::anyhow!("submit: {e}"))?;
         }
         let submit_seconds = started.elapsed().as_secs_f64();
-        let everywhere = |map: &HashMap<String, (usize, Instant)>| map.values().filter(|(n, _)| *n == nodes.len()).count();
+        let everywhere =
+            |map: &HashMap<String, (usize, Instant)>| map.values().filter(|(n, _)| *n == nodes.len()).count();
         let deadline = Instant::now() + Duration::from_secs(120);
         while everywhere(&stored_at.lock().expect("map")) < args.artifacts && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -123,14 +124,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         latencies.sort_by(f64::total_cmp);
         let last = map.values().filter(|(n, _)| *n == nodes.len()).map(|(_, at)| *at).max().unwrap_or(started);
         let seconds = last.duration_since(started).as_secs_f64();
-        let quantile = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(f64::NAN);
+        let quantile = |q: f64| {
+            latencies
+                .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
         println!("nodes                      {}", nodes.len());
         println!("artifacts                  {} of {} tokens, k = {}", args.artifacts, args.tokens, spec.logged_k);
         println!("stored on every node       {}", latencies.len());
-        println!("submit phase               {submit_seconds:.2} s ({:.0} artifacts/s accepted by RPC)", args.artifacts as f64 / submit_seconds);
+        println!(
+            "submit phase               {submit_seconds:.2} s ({:.0} artifacts/s accepted by RPC)",
+            args.artifacts as f64 / submit_seconds
+        );
         println!("sustained, stored everywhere {:.0} artifacts/s ({seconds:.2} s)", latencies.len() as f64 / seconds);
-        println!("submit → stored everywhere p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", quantile(0.5) * 1e3, quantile(0.99) * 1e3, latencies.last().copied().unwrap_or(f64::NAN) * 1e3);
-        println!("threads                    {} cores shared by all nodes", std::thread::available_parallelism().map_or(1, |n| n.get()));
+        println!(
+            "submit → stored everywhere p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            quantile(0.5) * 1e3,
+            quantile(0.99) * 1e3,
+            latencies.last().copied().unwrap_or(f64::NAN) * 1e3
+        );
+        println!(
+            "threads                    {} cores shared by all nodes",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        );
         let lost = *lagged.lock().expect("lagged");
         if lost > 0 {
             println!("verdict feed lagged        {lost} events (those artifacts are not timed)");

@@ -26,12 +26,8 @@ use poi_verifier::runtime::Runtime;
 
 use super::model::ModelArgs;
 
-const PROMPTS: [&str; 4] = [
-    "What is a lighthouse?",
-    "Name three primary colours.",
-    "Write a haiku about the sea.",
-    "Why is the sky blue?",
-];
+const PROMPTS: [&str; 4] =
+    ["What is a lighthouse?", "Name three primary colours.", "Write a haiku about the sea.", "Why is the sky blue?"];
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -96,8 +92,7 @@ struct Miner {
 
 impl Miner {
     fn artifact(&self, spec: &ChainSpec, kind: Kind, prompt: &str, max_tokens: usize) -> anyhow::Result<Artifact> {
-        let prompt_tokens =
-            self.pinned.chat_tokens(&[Message { role: "user".into(), content: prompt.to_string() }])?;
+        let prompt_tokens = self.pinned.chat_tokens(&[Message { role: "user".into(), content: prompt.to_string() }])?;
         let seeded = kind != Kind::PrefillUnseeded;
         let request = Request {
             request_uuid: rand::random(),
@@ -211,9 +206,8 @@ async fn start_nodes(
 async fn drive(args: &Args, spec: &ChainSpec, miner: &Miner, nodes: &[NodeHandle]) -> anyhow::Result<ExitCode> {
     let rpc: Vec<SocketAddr> = nodes.iter().map(|n| n.rpc_addr.expect("RPC on")).collect();
     let ws = WsClientBuilder::default().build(format!("ws://{}", rpc[0])).await?;
-    let mut verdicts = ws
-        .subscribe::<VerdictRecord, _>("poi_subscribeVerdicts", rpc_params![], "poi_unsubscribeVerdicts")
-        .await?;
+    let mut verdicts =
+        ws.subscribe::<VerdictRecord, _>("poi_subscribeVerdicts", rpc_params![], "poi_unsubscribeVerdicts").await?;
     let mut submitted: Vec<(Kind, String)> = Vec::new();
     let mut refused: Vec<(Kind, String)> = Vec::new();
     for round in 0..args.rounds {
@@ -227,7 +221,12 @@ async fn drive(args: &Args, spec: &ChainSpec, miner: &Miner, nodes: &[NodeHandle
                 client.request("poi_submitArtifact", rpc_params![hex::encode(artifact.encode())]).await;
             match answer {
                 Ok(result) => {
-                    println!("submit   {:<20} {}… to {target}: stored, {}", kind.name(), &id[..12], result.verdict.status);
+                    println!(
+                        "submit   {:<20} {}… to {target}: stored, {}",
+                        kind.name(),
+                        &id[..12],
+                        result.verdict.status
+                    );
                     submitted.push((kind, id));
                 }
                 Err(err) => {
@@ -248,7 +247,13 @@ async fn drive(args: &Args, spec: &ChainSpec, miner: &Miner, nodes: &[NodeHandle
         match tokio::time::timeout(Duration::from_secs(1), verdicts.next()).await {
             Ok(Some(Ok(record))) => {
                 let kind = submitted.iter().find(|(_, id)| *id == record.artifact_id).map_or("?", |(k, _)| k.name());
-                println!("verdict  {:<20} {}… {} ({} votes)", kind, &record.artifact_id[..12], record.status, record.counted_votes.len());
+                println!(
+                    "verdict  {:<20} {}… {} ({} votes)",
+                    kind,
+                    &record.artifact_id[..12],
+                    record.status,
+                    record.counted_votes.len()
+                );
                 quiet_since = Instant::now();
             }
             Ok(_) => break,
@@ -262,8 +267,17 @@ async fn drive(args: &Args, spec: &ChainSpec, miner: &Miner, nodes: &[NodeHandle
     summary(&rpc, &submitted, &refused).await
 }
 
-async fn summary(rpc: &[SocketAddr], submitted: &[(Kind, String)], refused: &[(Kind, String)]) -> anyhow::Result<ExitCode> {
-    println!("\n{:<20} {:<14} {}", "artifact", "id", (0..rpc.len()).map(|i| format!("{:<22}", format!("node{i}"))).collect::<String>());
+async fn summary(
+    rpc: &[SocketAddr],
+    submitted: &[(Kind, String)],
+    refused: &[(Kind, String)],
+) -> anyhow::Result<ExitCode> {
+    println!(
+        "\n{:<20} {:<14} {}",
+        "artifact",
+        "id",
+        (0..rpc.len()).map(|i| format!("{:<22}", format!("node{i}"))).collect::<String>()
+    );
     let mut converged = true;
     for (kind, id) in submitted {
         let mut row = Vec::new();
@@ -273,7 +287,12 @@ async fn summary(rpc: &[SocketAddr], submitted: &[(Kind, String)], refused: &[(K
             row.push(record.map_or("missing".to_string(), |r| format!("{} ({})", r.status, r.counted_votes.len())));
         }
         converged &= row.iter().all(|s| *s == row[0]);
-        println!("{:<20} {:<14} {}", kind.name(), format!("{}…", &id[..12]), row.iter().map(|s| format!("{s:<22}")).collect::<String>());
+        println!(
+            "{:<20} {:<14} {}",
+            kind.name(),
+            format!("{}…", &id[..12]),
+            row.iter().map(|s| format!("{s:<22}")).collect::<String>()
+        );
     }
     for (kind, err) in refused {
         println!("{:<20} {:<14} refused at submit by the replay check: {err}", kind.name(), "-");

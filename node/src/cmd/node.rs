@@ -88,7 +88,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let chain = crate::ChainArg { chain: args.chain.or(file.chain) };
     let spec = chain.load()?;
-    let key_path = args.key.or(file.key).context("--key is required (create one with `poi keys generate --out FILE`)")?;
+    let key_path =
+        args.key.or(file.key).context("--key is required (create one with `poi keys generate --out FILE`)")?;
     let key = keyfile::read(&key_path)?;
     if spec.validator(&key.public()).is_none() {
         tracing::warn!(key = %key.public(), "this key is not in the chain's validator set: the node relays and stores, its votes will not count");

@@ -284,7 +284,9 @@ impl Store {
         let key = [META_SYNC_PREFIX, peer].concat();
         Ok(match self.db.get_pinned_cf(self.cf(CF_META), key)? {
             Some(bytes) => u64::from_be_bytes(
-                bytes[..].try_into().map_err(|_| StoreError::Corrupt { what: "sync cursor", detail: "not 8 bytes".into() })?,
+                bytes[..]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt { what: "sync cursor", detail: "not 8 bytes".into() })?,
             ),
             None => 0,
         })
