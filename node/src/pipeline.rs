@@ -108,40 +108,39 @@ impl Pipeline {
         self.verdicts.subscribe()
     }
 
-    fn replay_check(&self, bytes: &[u8]) -> Result<Artifact, ReplayError> {
+    fn replay_check(&self, artifact: &Artifact) -> Result<(), ReplayError> {
         let mut checker = self.checkers.lock().expect("checker pool").pop();
-        let checker_ref = checker.get_or_insert_with(|| ReplayChecker::new(self.spec.clone()));
-        let result = checker_ref.check_bytes(bytes).map(|(artifact, _)| artifact);
+        let result = checker.get_or_insert_with(|| ReplayChecker::new(self.spec.clone())).check(artifact).map(|_| ());
         self.checkers.lock().expect("checker pool").push(checker.expect("set above"));
         result
+    }
+
+    fn stored_verdict(&self, id: &ArtifactId) -> Result<VerdictRecord, StoreError> {
+        self.store
+            .verdict(id)?
+            .ok_or(StoreError::Corrupt { what: "verdict", detail: "artifact without verdict".into() })
     }
 
     /// Checks and stores an artifact in canonical bytes.
     pub fn ingest_artifact(&self, bytes: &[u8], source: Source) -> Result<Ingested, IngestError> {
         let label = source.label();
+        let rejected = |err: ReplayError| {
+            self.metrics.artifacts_rejected.get_or_create(&label).inc();
+            IngestError::InvalidArtifact(err)
+        };
+        let artifact =
+            Artifact::decode(bytes, self.spec.limits.max_artifact_bytes as usize).map_err(|e| rejected(e.into()))?;
+        let id = artifact.id();
         // A byte-identical copy of a stored artifact needs no second check:
         // the id covers the body, and strict ed25519 allows one valid
         // signature per body, so only an exact copy can be a valid duplicate.
-        if let Ok(artifact) = Artifact::decode(bytes, self.spec.limits.max_artifact_bytes as usize) {
-            let id = artifact.id();
-            if let Some(stored) = self.store.artifact(&id)? {
-                if stored.encode() == bytes {
-                    self.metrics.artifacts_duplicate.get_or_create(&label).inc();
-                    let verdict = self
-                        .store
-                        .verdict(&id)?
-                        .ok_or(StoreError::Corrupt { what: "verdict", detail: "artifact without verdict".into() })?;
-                    return Ok(Ingested { id, new: false, verdict });
-                }
-            }
+        if self.store.artifact_bytes(&id)?.as_deref() == Some(bytes) {
+            self.metrics.artifacts_duplicate.get_or_create(&label).inc();
+            return Ok(Ingested { id, new: false, verdict: self.stored_verdict(&id)? });
         }
-        let artifact = self.replay_check(bytes).inspect_err(|_| {
-            self.metrics.artifacts_rejected.get_or_create(&label).inc();
-        })?;
-        let id = artifact.id();
+        self.replay_check(&artifact).map_err(rejected)?;
         let new = self.store.put_artifact(&artifact, now_ms())?;
-        let verdict =
-            self.store.verdict(&id)?.ok_or(StoreError::Corrupt { what: "verdict", detail: "missing".into() })?;
+        let verdict = self.stored_verdict(&id)?;
         if new {
             self.metrics.artifacts_stored.get_or_create(&label).inc();
             let _ = self.verdicts.send(verdict.clone());

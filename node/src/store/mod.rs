@@ -187,8 +187,13 @@ impl Store {
         Ok(self.db.get_pinned_cf(self.cf(CF_ARTIFACTS), id.0)?.is_some())
     }
 
+    /// The artifact's canonical bytes as stored.
+    pub fn artifact_bytes(&self, id: &ArtifactId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(CF_ARTIFACTS), id.0)?)
+    }
+
     pub fn artifact(&self, id: &ArtifactId) -> Result<Option<Artifact>, StoreError> {
-        let Some(bytes) = self.db.get_pinned_cf(self.cf(CF_ARTIFACTS), id.0)? else { return Ok(None) };
+        let Some(bytes) = self.artifact_bytes(id)? else { return Ok(None) };
         Artifact::decode(&bytes, bytes.len())
             .map(Some)
             .map_err(|e| StoreError::Corrupt { what: "artifact", detail: e.to_string() })
