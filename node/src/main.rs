@@ -36,6 +36,10 @@ enum Command {
     /// Compare two OpenAI-compatible responses with logprobs (e.g. two vLLM
     /// servers given the same prompt and tokens): distance2 and match ratio.
     Compare(cmd::compare::Args),
+    /// Run the detection matrix (DESIGN §9) on the real model: honest,
+    /// numerics swap, cheaper model and pre-fill miners, sampled and greedy;
+    /// writes RESULTS.md with tables, plots and calibrated thresholds.
+    Experiment(cmd::experiment::Args),
     /// Generate or show a node / miner key file.
     #[command(subcommand)]
     Keys(cmd::keys::KeysCommand),
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => cmd::verify::run(args),
         Command::Compare(args) => cmd::compare::run(args),
         Command::Mine(args) => cmd::mine::run(args),
+        Command::Experiment(args) => cmd::experiment::run(args),
         Command::Keys(command) => cmd::keys::run(command),
         Command::Convert(args) => cmd::convert::run(args),
         Command::Bench(command) => cmd::bench::run(command),

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub full_check_queue: Gauge,
     pub peers: Gauge,
     pub sync_entries: Counter,
+    pub rpc_rate_limited: Counter,
 }
 
 impl Default for Metrics {
@@ -59,6 +60,7 @@ impl Default for Metrics {
             full_check_queue: Gauge::default(),
             peers: Gauge::default(),
             sync_entries: Counter::default(),
+            rpc_rate_limited: Counter::default(),
         };
         let registry = &mut metrics.registry;
         registry.register(
@@ -96,6 +98,11 @@ impl Default for Metrics {
         registry.register("full_check_queue", "Artifacts waiting for the model", metrics.full_check_queue.clone());
         registry.register("peers", "Connected peers", metrics.peers.clone());
         registry.register("sync_entries", "Objects received through catch-up sync", metrics.sync_entries.clone());
+        registry.register(
+            "rpc_rate_limited",
+            "JSON-RPC calls refused by the per-connection or node-wide rate limit",
+            metrics.rpc_rate_limited.clone(),
+        );
         metrics
     }
 }

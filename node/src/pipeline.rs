@@ -104,6 +104,10 @@ impl Pipeline {
     }
 
     /// Verdicts as they change, for RPC subscribers.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<VerdictRecord> {
         self.verdicts.subscribe()
     }

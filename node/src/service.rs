@@ -39,6 +39,7 @@ pub struct NodeConfig {
     pub listen: Vec<Multiaddr>,
     pub bootnodes: Vec<Multiaddr>,
     pub rpc: Option<SocketAddr>,
+    pub rpc_limits: crate::rpc::RpcLimits,
     pub metrics: Option<SocketAddr>,
     /// The model; `None` runs a node that checks replay, stores and relays
     /// but never votes.
@@ -60,6 +61,7 @@ impl NodeConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")],
             bootnodes: Vec::new(),
             rpc: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            rpc_limits: crate::rpc::RpcLimits::default(),
             metrics: None,
             checker: None,
             full_check_workers: 1,
@@ -227,7 +229,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     let (rpc_addr, rpc) = match config.rpc {
         Some(addr) => {
             let api = crate::rpc::Rpc::new(pipeline.clone(), Some(commands.clone()));
-            let (bound, handle) = crate::rpc::serve(addr, api).await.with_context(|| format!("RPC on {addr}"))?;
+            let (bound, handle) =
+                crate::rpc::serve(addr, api, config.rpc_limits).await.with_context(|| format!("RPC on {addr}"))?;
             (Some(bound), Some(handle))
         }
         None => (None, None),

@@ -12,16 +12,24 @@ use jsonrpsee::ws_client::WsClientBuilder;
 use poi_chain_spec::ChainSpec;
 use poi_node::metrics::Metrics;
 use poi_node::pipeline::Pipeline;
-use poi_node::rpc::{serve, HistoryPage, NodeStatus, Rpc, SubmitResult};
+use poi_node::rpc::{serve, HistoryPage, NodeStatus, Rpc, RpcLimits, SubmitResult, RATE_LIMITED};
 use poi_node::store::{Store, VerdictRecord};
 
 async fn node(dir: &std::path::Path) -> (String, jsonrpsee::server::ServerHandle) {
+    limited_node(dir, RpcLimits::default()).await.0
+}
+
+async fn limited_node(
+    dir: &std::path::Path,
+    limits: RpcLimits,
+) -> ((String, jsonrpsee::server::ServerHandle), Arc<Metrics>) {
     let spec = ChainSpec::devnet();
     let store = Arc::new(Store::open(dir, spec.clone()).unwrap());
-    let pipeline = Pipeline::new(store, spec, Arc::new(Metrics::default()), None);
+    let metrics = Arc::new(Metrics::default());
+    let pipeline = Pipeline::new(store, spec, metrics.clone(), None);
     let rpc = Rpc::new(Arc::new(pipeline), None);
-    let (addr, handle) = serve("127.0.0.1:0".parse().unwrap(), rpc).await.unwrap();
-    (addr.to_string(), handle)
+    let (addr, handle) = serve("127.0.0.1:0".parse().unwrap(), rpc, limits).await.unwrap();
+    ((addr.to_string(), handle), metrics)
 }
 
 #[tokio::test]
@@ -100,6 +108,50 @@ async fn bad_requests_get_errors_and_store_nothing() {
 
     let page: HistoryPage = http.request("poi_verdictHistory", rpc_params![]).await.unwrap();
     assert!(page.rows.is_empty(), "nothing invalid was stored");
+    handle.stop().unwrap();
+}
+
+/// Fires `calls` status requests as fast as the client goes; returns how many
+/// were answered, after checking that every refusal is a rate-limit error.
+async fn burst(client: &impl ClientT, calls: usize) -> (usize, std::time::Duration) {
+    let start = std::time::Instant::now();
+    let mut answered = 0;
+    for _ in 0..calls {
+        match client.request::<NodeStatus, _>("poi_status", rpc_params![]).await {
+            Ok(_) => answered += 1,
+            Err(jsonrpsee::core::ClientError::Call(e)) => assert_eq!(e.code(), RATE_LIMITED, "{e}"),
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    (answered, start.elapsed())
+}
+
+/// At most one second of burst plus the refill over the elapsed time.
+fn allowed(per_s: u32, elapsed: std::time::Duration) -> usize {
+    (f64::from(per_s) * (1.0 + elapsed.as_secs_f64())).ceil() as usize + 1
+}
+
+#[tokio::test]
+async fn call_rate_is_limited_per_connection_and_per_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = RpcLimits { node_calls_per_s: Some(30), connection_calls_per_s: Some(10) };
+    let ((addr, handle), metrics) = limited_node(dir.path(), limits).await;
+
+    // One WebSocket connection is held to its own bucket ...
+    let ws = WsClientBuilder::default().build(format!("ws://{addr}")).await.unwrap();
+    let (answered, elapsed) = burst(&ws, 40).await;
+    assert!(answered >= 10 && answered <= allowed(10, elapsed), "ws: {answered} in {elapsed:?}");
+    // ... while another connection still gets through.
+    let other = WsClientBuilder::default().build(format!("ws://{addr}")).await.unwrap();
+    let _: NodeStatus = other.request("poi_status", rpc_params![]).await.unwrap();
+
+    // HTTP requests each get a fresh connection bucket, so the node-wide one binds.
+    let http = HttpClientBuilder::default().build(format!("http://{addr}")).unwrap();
+    let (http_answered, http_elapsed) = burst(&http, 100).await;
+    let total = answered + 1 + http_answered;
+    assert!(total <= allowed(30, elapsed + http_elapsed), "node: {total} in {:?}", elapsed + http_elapsed);
+    assert!(http_answered < 100, "the node-wide limit refused nothing");
+    assert_eq!(metrics.rpc_rate_limited.get() as usize, 40 - answered + 100 - http_answered);
     handle.stop().unwrap();
 }
 

@@ -41,15 +41,20 @@ pub fn full_check(model: &Llama, artifact: &Artifact, thresholds: &Thresholds) -
     let prompt = &body.request.prompt_tokens;
     let generated = body.generation.chosen_tokens();
     let validator = teacher_forced_top_k(model, prompt, &generated, &body.sampling, body.generation.k())?;
-    let logged: Vec<TopLogprobs<u32>> = body
+    Ok(compare(model.profile().id.clone(), &logged_top(artifact), &validator, thresholds))
+}
+
+/// The miner's logged candidates per position, as `distance2` takes them.
+pub fn logged_top(artifact: &Artifact) -> Vec<TopLogprobs<u32>> {
+    artifact
+        .body
         .generation
         .positions()
         .map(|p| TopLogprobs {
             chosen: p.chosen_token(),
             entries: p.candidates().map(|c| (c.token, f64::from(c.logprob.to_f32()))).collect(),
         })
-        .collect();
-    Ok(compare(model.profile().id.clone(), &logged, &validator, thresholds))
+        .collect()
 }
 
 /// `distance2` and the verdict between logged positions and a validator's

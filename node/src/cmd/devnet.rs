@@ -21,7 +21,7 @@ use poi_node::scheduler::{FullChecker, ModelChecker};
 use poi_node::service::{self, NodeConfig, NodeHandle};
 use poi_node::store::VerdictRecord;
 use poi_verifier::chat::Message;
-use poi_verifier::generate::{generate, logged_candidates, teacher_forced_top_k, Draws, Generated};
+use poi_verifier::generate::{generate, prefill_proof, teacher_forced_top_k, Draws, Generated};
 use poi_verifier::runtime::Runtime;
 
 use super::model::ModelArgs;
@@ -119,24 +119,7 @@ impl Miner {
     /// model's top-k for them as if it had generated them.
     fn prefill_proof(&self, spec: &ChainSpec, prompt: &[u32], cheap: &Generated) -> anyhow::Result<Generated> {
         let tops = teacher_forced_top_k(&self.pinned.model, prompt, &cheap.tokens, &spec.sampling, spec.logged_k)?;
-        let mut history = poi_artifact::History::new(prompt);
-        let mut positions = Vec::with_capacity(tops.len());
-        for (top, &token) in tops.iter().zip(&cheap.tokens) {
-            let mut candidates = logged_candidates(top, &history, &spec.sampling);
-            // A token outside the pinned top-k cannot be "proved"; the
-            // attacker swaps it in for the last candidate.
-            let chosen = match candidates.iter().position(|c| c.token == token) {
-                Some(index) => index,
-                None => {
-                    let last = candidates.len() - 1;
-                    candidates[last].token = token;
-                    last
-                }
-            };
-            positions.push((candidates, chosen as u8));
-            history.push(token);
-        }
-        Ok(Generated { positions, tokens: cheap.tokens.clone(), finish_reason: cheap.finish_reason })
+        Ok(prefill_proof(&tops, prompt, &cheap.tokens, cheap.finish_reason, &spec.sampling))
     }
 }
 

@@ -4,6 +4,7 @@ pub mod bench_network;
 pub mod compare;
 pub mod convert;
 pub mod devnet;
+pub mod experiment;
 pub mod keys;
 pub mod mine;
 pub mod model;

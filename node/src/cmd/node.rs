@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use libp2p::Multiaddr;
+use poi_node::rpc::RpcLimits;
 use poi_node::scheduler::{FullChecker, ModelChecker};
 use poi_node::service::{self, NodeConfig};
 use serde::Deserialize;
@@ -40,6 +41,14 @@ pub struct Args {
     /// JSON-RPC address (HTTP and WebSocket) [default: 127.0.0.1:8545].
     #[arg(long, value_name = "ADDR")]
     rpc: Option<SocketAddr>,
+    /// JSON-RPC calls per second across all clients; 0 turns the limit off
+    /// [default: 2000].
+    #[arg(long, value_name = "N")]
+    rpc_rate: Option<u32>,
+    /// JSON-RPC calls per second on one WebSocket connection; 0 turns the
+    /// limit off [default: 500].
+    #[arg(long, value_name = "N")]
+    rpc_rate_per_connection: Option<u32>,
     /// Prometheus metrics address, serving GET /metrics; off when omitted.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -64,6 +73,8 @@ struct FileConfig {
     #[serde(default)]
     bootnodes: Vec<String>,
     rpc: Option<SocketAddr>,
+    rpc_rate: Option<u32>,
+    rpc_rate_per_connection: Option<u32>,
     metrics: Option<SocketAddr>,
     #[serde(default)]
     no_model: bool,
@@ -103,6 +114,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     config.bootnodes = addrs(args.bootnodes, &file.bootnodes, "bootnodes")?;
     config.rpc = Some(args.rpc.or(file.rpc).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8545))));
+    let defaults = RpcLimits::default();
+    let limit = |flag: Option<u32>, file: Option<u32>, default: Option<u32>| match flag.or(file) {
+        Some(0) => None,
+        Some(rate) => Some(rate),
+        None => default,
+    };
+    config.rpc_limits = RpcLimits {
+        node_calls_per_s: limit(args.rpc_rate, file.rpc_rate, defaults.node_calls_per_s),
+        connection_calls_per_s: limit(
+            args.rpc_rate_per_connection,
+            file.rpc_rate_per_connection,
+            defaults.connection_calls_per_s,
+        ),
+    };
     config.metrics = args.metrics.or(file.metrics);
     config.full_check_workers = args.full_check_workers.or(file.full_check_workers).unwrap_or(1);
     if !(args.no_model || file.no_model) {

@@ -1,6 +1,6 @@
 //! JSON-RPC 2.0 over HTTP and WebSocket (DESIGN §7), one port for both.
 //! Bound to loopback unless the operator says otherwise; request size, batch
-//! size, connections and subscriptions are limited. The only write a client
+//! size, connections, subscriptions and call rate are limited. The only write a client
 //! can make is submitting an artifact, and only one that passes the replay
 //! check is stored.
 
@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use jsonrpsee::core::{async_trait, RpcResult, SubscriptionResult};
 use jsonrpsee::proc_macros::rpc;
+use jsonrpsee::server::middleware::rpc::RpcServiceBuilder;
 use jsonrpsee::server::{BatchRequestConfig, Server, ServerHandle};
 use jsonrpsee::types::ErrorObjectOwned;
 use jsonrpsee::PendingSubscriptionSink;
@@ -21,6 +22,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::pipeline::{IngestError, Pipeline, Source};
 use crate::service::{Command, PeerInfo};
 use crate::store::{HistoryQuery, VerdictRecord};
+
+mod rate_limit;
+pub use rate_limit::{RpcLimits, RATE_LIMITED};
 
 /// Requests above this are refused before parsing (an artifact is at most
 /// the chain's `max_artifact_bytes`, twice that in hex).
@@ -244,8 +248,10 @@ impl PoiApiServer for Rpc {
 }
 
 /// Starts the server; the handle stops it.
-pub async fn serve(addr: SocketAddr, rpc: Rpc) -> std::io::Result<(SocketAddr, ServerHandle)> {
+pub async fn serve(addr: SocketAddr, rpc: Rpc, limits: RpcLimits) -> std::io::Result<(SocketAddr, ServerHandle)> {
+    let layer = rate_limit::RateLimitLayer::new(limits, rpc.pipeline.metrics().clone());
     let server = Server::builder()
+        .set_rpc_middleware(RpcServiceBuilder::new().layer_fn(move |service| layer.wrap(service)))
         .max_request_body_size(MAX_REQUEST_BYTES)
         .max_response_body_size(MAX_REQUEST_BYTES * 4)
         .max_connections(MAX_CONNECTIONS)

@@ -1,0 +1,268 @@
+//! Tables, goals and the markdown report, computed from the run records.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use poi_chain_spec::Thresholds;
+use serde::Serialize;
+
+use super::matrix::{Class, Decoding, Pair, PREFIX_LENGTHS};
+use super::run::PairRecord;
+use super::stats::{auc, quantile, rate, zero_failure_bound};
+
+/// The recommended `max_distance2` is the honest quantile at the
+/// false-positive target times this margin, for machines and inputs the
+/// experiment did not see.
+pub const MARGIN: f64 = 1.5;
+
+/// All records of one pair under one decoding.
+pub struct PairData {
+    pub decoding: Decoding,
+    pub pair: Pair,
+    pub records: Vec<PairRecord>,
+}
+
+impl PairData {
+    pub fn distances(&self) -> Vec<f64> {
+        self.records.iter().map(|r| r.distance2).collect()
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Recommended {
+    pub fpr_target: f64,
+    pub honest_samples: usize,
+    pub max_distance2: f64,
+    pub min_match_ratio: f64,
+    /// The largest honest surprisal z seen at each prefix length.
+    pub honest_max_z: Vec<(usize, Option<f64>)>,
+}
+
+impl Recommended {
+    pub fn derive(data: &[PairData], chain: &Thresholds, fpr_target: f64) -> Self {
+        let honest: Vec<&PairRecord> =
+            data.iter().filter(|d| d.pair.class == Class::Honest).flat_map(|d| &d.records).collect();
+        let distances: Vec<f64> = honest.iter().map(|r| r.distance2).collect();
+        let matches: Vec<f64> = honest.iter().map(|r| r.match_ratio).collect();
+        let max_distance2 =
+            quantile(&distances, 1.0 - fpr_target).map_or(chain.max_distance2, |q| round_up(q * MARGIN));
+        // Match ratios vary little among honest runs; keep the chain's value
+        // unless honest runs come near it.
+        let min_match_ratio = quantile(&matches, fpr_target)
+            .map_or(chain.min_match_ratio, |q| chain.min_match_ratio.min(((q - 0.05) * 100.0).floor() / 100.0));
+        let honest_max_z = PREFIX_LENGTHS
+            .iter()
+            .map(|&n| {
+                let zs = honest.iter().flat_map(|r| &r.prefixes).filter(|p| p.n == n).filter_map(|p| p.z);
+                (n, zs.reduce(f64::max))
+            })
+            .collect();
+        Self { fpr_target, honest_samples: honest.len(), max_distance2, min_match_ratio, honest_max_z }
+    }
+}
+
+/// Two significant digits, rounded up: a threshold an operator can read.
+fn round_up(value: f64) -> f64 {
+    if value <= 0.0 {
+        return value;
+    }
+    let scale = 10f64.powf(value.log10().floor() - 1.0);
+    (value / scale).ceil() * scale
+}
+
+fn rejected(record: &PairRecord, max_distance2: f64, min_match_ratio: f64) -> bool {
+    record.distance2 < 0.0 || record.distance2 > max_distance2 || record.match_ratio < min_match_ratio
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PairRow {
+    pub decoding: &'static str,
+    pub pair: &'static str,
+    pub class: Class,
+    pub n: usize,
+    pub median_distance2: Option<f64>,
+    pub p99_distance2: Option<f64>,
+    pub max_distance2: Option<f64>,
+    pub mean_match_ratio: Option<f64>,
+    /// Rejected by the full check at the chain's thresholds: detection for
+    /// fraud, the false-positive rate for honest pairs.
+    pub rejected_chain: Option<f64>,
+    pub rejected_recommended: Option<f64>,
+    /// Against the honest pair of the same decoding; `None` for honest pairs.
+    pub auc_distance2: Option<f64>,
+    pub auc_max_position: Option<f64>,
+}
+
+pub fn pair_rows(data: &[PairData], chain: &Thresholds, recommended: &Recommended) -> Vec<PairRow> {
+    data.iter()
+        .map(|d| {
+            let honest = data.iter().find(|h| h.decoding == d.decoding && h.pair.name == "honest");
+            let (auc_distance2, auc_max_position) = match honest {
+                Some(h) if d.pair.class != Class::Honest => (
+                    auc(&h.distances(), &d.distances()),
+                    auc(
+                        &h.records.iter().map(|r| r.max_position_distance).collect::<Vec<_>>(),
+                        &d.records.iter().map(|r| r.max_position_distance).collect::<Vec<_>>(),
+                    ),
+                ),
+                _ => (None, None),
+            };
+            let distances = d.distances();
+            PairRow {
+                decoding: d.decoding.name(),
+                pair: d.pair.name,
+                class: d.pair.class,
+                n: d.records.len(),
+                median_distance2: quantile(&distances, 0.5),
+                p99_distance2: quantile(&distances, 0.99),
+                max_distance2: quantile(&distances, 1.0),
+                mean_match_ratio: (!d.records.is_empty())
+                    .then(|| d.records.iter().map(|r| r.match_ratio).sum::<f64>() / d.records.len() as f64),
+                rejected_chain: rate(&d.records, |r| rejected(r, chain.max_distance2, chain.min_match_ratio)),
+                rejected_recommended: rate(&d.records, |r| {
+                    rejected(r, recommended.max_distance2, recommended.min_match_ratio)
+                }),
+                auc_distance2,
+                auc_max_position,
+            }
+        })
+        .collect()
+}
+
+/// The replay and surprisal tests on the first `n` positions.
+#[derive(Clone, Debug, Serialize)]
+pub struct PrefixRow {
+    pub decoding: &'static str,
+    pub pair: &'static str,
+    pub class: Class,
+    pub n: usize,
+    /// Artifacts with at least `n` positions.
+    pub count: usize,
+    pub replay_rejected: Option<f64>,
+    pub surprisal_rejected: Option<f64>,
+    pub median_z: Option<f64>,
+}
+
+pub fn prefix_rows(data: &[PairData], max_z: f64) -> Vec<PrefixRow> {
+    let mut rows = Vec::new();
+    for d in data {
+        for n in PREFIX_LENGTHS {
+            let prefixes: Vec<_> = d.records.iter().flat_map(|r| &r.prefixes).filter(|p| p.n == n).collect();
+            if prefixes.is_empty() {
+                continue;
+            }
+            let seeded: Vec<_> = prefixes.iter().filter_map(|p| p.replay_ok).collect();
+            let zs: Vec<f64> = prefixes.iter().filter_map(|p| p.z).collect();
+            // A greedy artifact carries no randomness: the surprisal test
+            // has nothing to measure there.
+            let surprisal_rejected =
+                (d.decoding == Decoding::Sampled).then(|| rate(&prefixes, |p| p.z.is_none_or(|z| z > max_z))).flatten();
+            rows.push(PrefixRow {
+                decoding: d.decoding.name(),
+                pair: d.pair.name,
+                class: d.pair.class,
+                n,
+                count: prefixes.len(),
+                replay_rejected: rate(&seeded, |ok| !ok),
+                surprisal_rejected,
+                median_z: quantile(&zs, 0.5),
+            });
+        }
+    }
+    rows
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Goal {
+    pub goal: String,
+    pub measured: String,
+    pub met: Option<bool>,
+}
+
+fn percent(value: f64) -> String {
+    format!("{:.2} %", value * 100.0)
+}
+
+/// DESIGN §9's goals against the measured rows; `met` is `None` when the run
+/// had no data for a goal (e.g. `--quick` has no 128-token prefixes).
+pub fn goals(rows: &[PairRow], prefixes: &[PrefixRow]) -> Vec<Goal> {
+    let mut goals = Vec::new();
+    let honest: Vec<&PairRow> = rows.iter().filter(|r| r.class == Class::Honest).collect();
+    let total: usize = honest.iter().map(|r| r.n).sum();
+    let false_positives: f64 = honest.iter().map(|r| r.rejected_recommended.unwrap_or(0.0) * r.n as f64).sum();
+    goals.push(Goal {
+        goal: "honest false-positive rate ≤ 0.1 % (recommended thresholds)".into(),
+        measured: format!(
+            "{} of {total} rejected; 95 % upper bound {}",
+            false_positives.round(),
+            zero_failure_bound(total).map_or("n/a".into(), percent)
+        ),
+        met: (total > 0).then_some(false_positives == 0.0),
+    });
+    let mut worst = |class: Class, goal: &str, detection: f64, min_auc: Option<f64>| {
+        let of_class: Vec<&PairRow> = rows.iter().filter(|r| r.class == class).collect();
+        let lowest = of_class.iter().filter_map(|r| r.rejected_recommended).reduce(f64::min);
+        let lowest_auc = of_class.iter().filter_map(|r| r.auc_distance2).reduce(f64::min);
+        let met = lowest.map(|l| l >= detection && min_auc.is_none_or(|m| lowest_auc.is_some_and(|a| a >= m)));
+        goals.push(Goal {
+            goal: goal.into(),
+            measured: format!(
+                "lowest detection {}, lowest AUC {}",
+                lowest.map_or("n/a".into(), percent),
+                lowest_auc.map_or("n/a".into(), |a| format!("{a:.4}"))
+            ),
+            met,
+        });
+    };
+    worst(Class::NumericsSwap, "numerics swap detected ≥ 99 % (AUC ≥ 0.999)", 0.99, Some(0.999));
+    worst(Class::CheaperModel, "cheaper model detected ≥ 99.9 %", 0.999, None);
+    let seeded_prefill: Vec<&PrefixRow> =
+        prefixes.iter().filter(|p| p.class == Class::Prefill && p.replay_rejected.is_some()).collect();
+    let lowest = seeded_prefill.iter().filter_map(|p| p.replay_rejected).reduce(f64::min);
+    goals.push(Goal {
+        goal: "pre-fill rejected 100 % by replay for N ≥ 32".into(),
+        measured: format!("lowest over pairs and N: {}", lowest.map_or("n/a".into(), percent)),
+        met: lowest.map(|l| l >= 1.0),
+    });
+    let unseeded_128: Vec<&PrefixRow> =
+        prefixes.iter().filter(|p| p.class == Class::Prefill && p.replay_rejected.is_none() && p.n >= 128).collect();
+    let lowest = unseeded_128.iter().filter_map(|p| p.surprisal_rejected).reduce(f64::min);
+    goals.push(Goal {
+        goal: "unseeded pre-fill rejected ≥ 99 % by the surprisal test for N ≥ 128".into(),
+        measured: format!("lowest: {}", lowest.map_or("n/a (no artifact reached 128 tokens)".into(), percent)),
+        met: lowest.map(|l| l >= 0.99),
+    });
+    goals
+}
+
+/// Everything the report shows, also written as `results.json`.
+#[derive(Serialize)]
+pub struct Results {
+    pub command: String,
+    pub prompts: usize,
+    pub max_tokens: usize,
+    pub model_sha256: String,
+    pub chain_thresholds: Thresholds,
+    pub recommended: Recommended,
+    pub pairs: Vec<PairRow>,
+    pub prefixes: Vec<PrefixRow>,
+    pub goals: Vec<Goal>,
+    pub plots: BTreeMap<String, String>,
+}
+
+pub fn write(results: &Results, out: &Path) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(results)?;
+    std::fs::write(out.join("results").join("results.json"), json)?;
+    let mut env = minijinja::Environment::new();
+    env.add_filter("num", |value: Option<f64>| match value {
+        None => "–".to_string(),
+        Some(v) if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e4) => format!("{v:.2e}"),
+        Some(v) => format!("{v:.4}"),
+    });
+    env.add_filter("pct", |value: Option<f64>| value.map_or("–".to_string(), percent));
+    env.add_template("results", include_str!("RESULTS.md.j2"))?;
+    let text = env.get_template("results")?.render(results).context("rendering RESULTS.md")?;
+    std::fs::write(out.join("RESULTS.md"), text)?;
+    Ok(())
+}
