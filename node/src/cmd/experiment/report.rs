@@ -140,7 +140,11 @@ pub struct PrefixRow {
     /// Artifacts with at least `n` positions.
     pub count: usize,
     pub replay_rejected: Option<f64>,
+    /// Rejected by the unseeded check: a chosen token outside the sampler's
+    /// kept set, or z above the threshold.
     pub surprisal_rejected: Option<f64>,
+    /// The part of those with a chosen token outside the kept set (no z).
+    pub outside_kept_set: Option<f64>,
     pub median_z: Option<f64>,
 }
 
@@ -166,6 +170,7 @@ pub fn prefix_rows(data: &[PairData], max_z: f64) -> Vec<PrefixRow> {
                 count: prefixes.len(),
                 replay_rejected: rate(&seeded, |ok| !ok),
                 surprisal_rejected,
+                outside_kept_set: rate(&prefixes, |p| p.z.is_none()),
                 median_z: quantile(&zs, 0.5),
             });
         }
@@ -228,12 +233,41 @@ pub fn goals(rows: &[PairRow], prefixes: &[PrefixRow]) -> Vec<Goal> {
     let unseeded_128: Vec<&PrefixRow> =
         prefixes.iter().filter(|p| p.class == Class::Prefill && p.replay_rejected.is_none() && p.n >= 128).collect();
     let lowest = unseeded_128.iter().filter_map(|p| p.surprisal_rejected).reduce(f64::min);
+    let outside = unseeded_128.iter().filter_map(|p| p.outside_kept_set).reduce(f64::min);
     goals.push(Goal {
         goal: "unseeded pre-fill rejected ≥ 99 % by the surprisal test for N ≥ 128".into(),
-        measured: format!("lowest: {}", lowest.map_or("n/a (no artifact reached 128 tokens)".into(), percent)),
+        measured: match (lowest, outside) {
+            (Some(lowest), Some(outside)) => {
+                format!("lowest: {} (at least {} by a token outside the kept set)", percent(lowest), percent(outside))
+            }
+            _ => "n/a (no artifact reached 128 tokens)".into(),
+        },
         met: lowest.map(|l| l >= 0.99),
     });
     goals
+}
+
+/// Statements the report's text makes only when the data bear them out.
+#[derive(Clone, Debug, Serialize)]
+pub struct Findings {
+    /// Every numerics-swap and cheaper-model artifact scores above every
+    /// honest one of its decoding.
+    pub fraud_separated: bool,
+    /// Every pre-fill artifact the unseeded check rejected had a token
+    /// outside the kept set, so the z threshold decided none.
+    pub prefill_rejected_by_kept_set_alone: bool,
+}
+
+impl Findings {
+    pub fn new(rows: &[PairRow], prefixes: &[PrefixRow]) -> Self {
+        let fraud = rows.iter().filter(|r| matches!(r.class, Class::NumericsSwap | Class::CheaperModel));
+        let prefill = prefixes.iter().filter(|p| p.class == Class::Prefill && p.surprisal_rejected.is_some());
+        Self {
+            fraud_separated: fraud.clone().count() > 0 && fraud.into_iter().all(|r| r.auc_distance2 == Some(1.0)),
+            prefill_rejected_by_kept_set_alone: prefill.clone().count() > 0
+                && prefill.into_iter().all(|p| p.surprisal_rejected == p.outside_kept_set),
+        }
+    }
 }
 
 /// Everything the report shows, also written as `results.json`.
@@ -248,6 +282,7 @@ pub struct Results {
     pub pairs: Vec<PairRow>,
     pub prefixes: Vec<PrefixRow>,
     pub goals: Vec<Goal>,
+    pub findings: Findings,
     pub plots: BTreeMap<String, String>,
 }
 
