@@ -111,6 +111,41 @@ async fn bad_requests_get_errors_and_store_nothing() {
     handle.stop().unwrap();
 }
 
+#[tokio::test]
+async fn malformed_json_big_batches_and_subscription_floods_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, handle) = node(dir.path()).await;
+
+    let response = reqwest_free_post(&addr, r#"{"jsonrpc":"2.0","id":1,"method":"#).await;
+    assert!(response.contains("-32700"), "parse error expected: {response}");
+
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"poi_status","params":[]}"#;
+    let batch = |n: u32| format!("[{}]", vec![call; n as usize].join(","));
+    let response = reqwest_free_post(&addr, &batch(poi_node::rpc::MAX_BATCH)).await;
+    assert_eq!(response.matches("chain_id").count(), poi_node::rpc::MAX_BATCH as usize, "{response}");
+    let response = reqwest_free_post(&addr, &batch(poi_node::rpc::MAX_BATCH + 1)).await;
+    assert!(response.contains("-32010") && !response.contains("chain_id"), "batch limit: {response}");
+
+    let ws = WsClientBuilder::default().build(format!("ws://{addr}")).await.unwrap();
+    let mut subscriptions = Vec::new();
+    for _ in 0..poi_node::rpc::MAX_SUBSCRIPTIONS_PER_CONNECTION {
+        subscriptions.push(
+            ws.subscribe::<VerdictRecord, _>("poi_subscribeVerdicts", rpc_params![], "poi_unsubscribeVerdicts")
+                .await
+                .unwrap(),
+        );
+    }
+    let refused =
+        ws.subscribe::<VerdictRecord, _>("poi_subscribeVerdicts", rpc_params![], "poi_unsubscribeVerdicts").await;
+    assert!(refused.is_err_and(|e| e.to_string().contains("Too many subscriptions")));
+
+    // The node goes on serving everyone, this connection included.
+    let _: NodeStatus = ws.request("poi_status", rpc_params![]).await.unwrap();
+    let http = HttpClientBuilder::default().build(format!("http://{addr}")).unwrap();
+    let _: NodeStatus = http.request("poi_status", rpc_params![]).await.unwrap();
+    handle.stop().unwrap();
+}
+
 /// Fires `calls` status requests as fast as the client goes; returns how many
 /// were answered, after checking that every refusal is a rate-limit error.
 async fn burst(client: &impl ClientT, calls: usize) -> (usize, std::time::Duration) {
