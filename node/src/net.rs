@@ -10,7 +10,7 @@ use libp2p::gossipsub::{
 };
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{identify, identity, noise, tcp, yamux, StreamProtocol, Swarm, SwarmBuilder};
+use libp2p::{allow_block_list, identify, identity, noise, tcp, yamux, StreamProtocol, Swarm, SwarmBuilder};
 use poi_artifact::{sha256, ChainId, Keypair};
 use poi_chain_spec::ChainSpec;
 use serde::{Deserialize, Serialize};
@@ -62,6 +62,8 @@ impl From<LogPage> for SyncResponse {
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Peers the operator cut off: their connections are closed and refused.
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub gossipsub: gossipsub::Behaviour,
     pub identify: identify::Behaviour,
     pub sync: request_response::cbor::Behaviour<SyncRequest, SyncResponse>,
@@ -154,6 +156,7 @@ pub fn build_swarm(key: &Keypair, spec: &ChainSpec) -> Result<Swarm<Behaviour>, 
         .with_quic()
         .with_behaviour(|key| {
             Ok(Behaviour {
+                blocked: allow_block_list::Behaviour::default(),
                 gossipsub: gossipsub(key, spec, &topics).map_err(Box::new)?,
                 identify: identify::Behaviour::new(identify::Config::new("/poi/1".into(), key.public())),
                 sync: request_response::Behaviour::with_codec(

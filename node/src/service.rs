@@ -83,6 +83,9 @@ pub struct PeerInfo {
 pub enum Command {
     Publish { votes: bool, bytes: Vec<u8> },
     Peers(oneshot::Sender<Vec<PeerInfo>>),
+    Block(PeerId),
+    Unblock(PeerId),
+    Dial(Multiaddr),
 }
 
 enum Job {
@@ -116,6 +119,20 @@ impl NodeHandle {
     /// An address others can dial, with this node's peer id.
     pub fn dial_addr(&self) -> Multiaddr {
         self.listen_addrs[0].clone().with(Protocol::P2p(self.peer_id))
+    }
+
+    /// Closes and refuses connections to `peer` until [`Self::unblock`].
+    pub async fn block(&self, peer: PeerId) {
+        let _ = self.commands.send(Command::Block(peer)).await;
+    }
+
+    pub async fn unblock(&self, peer: PeerId) {
+        let _ = self.commands.send(Command::Unblock(peer)).await;
+    }
+
+    /// Connects to another node; what each missed arrives by catch-up sync.
+    pub async fn dial(&self, addr: Multiaddr) {
+        let _ = self.commands.send(Command::Dial(addr)).await;
     }
 
     pub async fn peers(&self) -> Vec<PeerInfo> {
@@ -510,6 +527,17 @@ impl EventLoop {
                     .map(|peer| PeerInfo { peer_id: peer.to_string(), score: gossipsub.peer_score(peer) })
                     .collect();
                 let _ = reply.send(peers);
+            }
+            Command::Block(peer) => {
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+            }
+            Command::Unblock(peer) => {
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            }
+            Command::Dial(addr) => {
+                if let Err(err) = self.swarm.dial(addr) {
+                    tracing::warn!(%err, "dialling");
+                }
             }
         }
     }

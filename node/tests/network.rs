@@ -88,6 +88,72 @@ async fn gossip_reaches_every_node_and_a_late_or_restarted_node_catches_up() {
     }
 }
 
+/// Four nodes in a full mesh are split into two halves by blocking every
+/// connection across; each half goes on checking and storing what it is
+/// given; once healed, catch-up sync brings every node everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_network_keeps_working_and_converges_after_healing() {
+    let spec = ChainSpec::local_devnet(4, 0.25).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&spec, 0, dir.path(), &[]).await;
+    let b = node(&spec, 1, dir.path(), &[&a]).await;
+    let c = node(&spec, 2, dir.path(), &[&a, &b]).await;
+    let d = node(&spec, 3, dir.path(), &[&a, &b, &c]).await;
+    let (left, right) = ([&a, &b], [&c, &d]);
+    for (near, far) in [(left, right), (right, left)] {
+        for n in near {
+            for f in far {
+                n.block(f.peer_id).await;
+            }
+        }
+    }
+    let connected_across = || async {
+        let peers = a.peers().await;
+        peers.iter().any(|p| p.peer_id == c.peer_id.to_string() || p.peer_id == d.peer_id.to_string())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connected_across().await && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!connected_across().await, "a still connected to the other half");
+
+    let on_left: Vec<_> = (0..3).map(|seed| build(&spec, 32, 500 + seed, Chooser::Seeded)).collect();
+    let on_right: Vec<_> = (0..3).map(|seed| build(&spec, 32, 600 + seed, Chooser::Seeded)).collect();
+    for built in &on_left {
+        assert!(submit(&a, &built.bytes).await.stored);
+    }
+    for built in &on_right {
+        assert!(submit(&d, &built.bytes).await.stored);
+    }
+    let ids = |built: &[poi_verifier::simulate::Built]| built.iter().map(|b| b.artifact.id()).collect::<Vec<_>>();
+    let (left_ids, right_ids) = (ids(&on_left), ids(&on_right));
+    let has_all = |n: &NodeHandle, ids: &[poi_artifact::ArtifactId]| ids.iter().all(|id| stored(n, id));
+    assert!(eventually(Duration::from_secs(20), || has_all(&b, &left_ids) && has_all(&c, &right_ids)).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(left_ids.iter().all(|id| !stored(&c, id) && !stored(&d, id)), "left artifacts crossed the cut");
+    assert!(right_ids.iter().all(|id| !stored(&a, id) && !stored(&b, id)), "right artifacts crossed the cut");
+
+    let healing = Instant::now();
+    for n in [&a, &b, &c, &d] {
+        for other in [&a, &b, &c, &d] {
+            n.unblock(other.peer_id).await;
+        }
+    }
+    c.dial(a.dial_addr()).await;
+    d.dial(b.dial_addr()).await;
+    let all: Vec<_> = left_ids.iter().chain(&right_ids).copied().collect();
+    let converged = eventually(Duration::from_secs(30), || [&a, &b, &c, &d].iter().all(|n| has_all(n, &all))).await;
+    assert!(converged, "not every node has every artifact 30 s after healing");
+    eprintln!("partition healed: every node had every artifact after {:?}", healing.elapsed());
+    for id in &all {
+        let verdicts: Vec<_> = [&a, &b, &c, &d].map(|n| n.pipeline.store().verdict(id).unwrap().unwrap()).into();
+        assert!(verdicts.iter().all(|v| v.status == verdicts[0].status && v.status == "accepted-replay-only"));
+    }
+    for n in [a, b, c, d] {
+        n.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_gossip_is_not_forwarded_and_its_sender_is_penalised() {
     let spec = ChainSpec::local_devnet(2, 0.25).unwrap();
