@@ -1,0 +1,91 @@
+//! A Byzantine validator (a quarter of the weight) votes the opposite of the
+//! truth on every artifact; the honest verdicts stand on every node,
+//! including its own. The validators' judgement is a stand-in (honest iff
+//! the artifact's miner is the honest one), so the test is about votes and
+//! the verdict rule over a real network, not about the model.
+
+use std::time::{Duration, Instant};
+
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::http_client::HttpClientBuilder;
+use jsonrpsee::rpc_params;
+use poi_artifact::{Artifact, Keypair, PublicKey, Verdict, VoteFigures};
+use poi_chain_spec::{devnet_keypair, ChainSpec};
+use poi_node::rpc::SubmitResult;
+use poi_node::scheduler::FullChecker;
+use poi_node::service::{start, NodeConfig, NodeHandle};
+use poi_verifier::simulate::{body_with, miner, Chooser};
+
+struct Judge {
+    honest_miner: PublicKey,
+    lies: bool,
+}
+
+impl FullChecker for Judge {
+    fn check(&self, artifact: &Artifact) -> Result<(Verdict, VoteFigures), String> {
+        let honest = artifact.body.miner == self.honest_miner;
+        let verdict = if honest != self.lies { Verdict::Accept } else { Verdict::Reject };
+        let figures = VoteFigures {
+            distance: if honest { 0.0 } else { 1.0 },
+            match_ratio: 1.0,
+            surprisal_z: 0.0,
+            profile_id: "test-judge".into(),
+        };
+        Ok((verdict, figures))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_voting_wrongly_does_not_change_any_verdict() {
+    const VALIDATORS: u32 = 4;
+    const LIAR: u32 = 3;
+    // Every validator selected: every one votes on every artifact.
+    let spec = ChainSpec::local_devnet(VALIDATORS, 1.0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<NodeHandle> = Vec::new();
+    for i in 0..VALIDATORS {
+        let mut config = NodeConfig::new(spec.clone(), devnet_keypair(i), dir.path().join(format!("node{i}")));
+        config.bootnodes = nodes.iter().map(NodeHandle::dial_addr).collect();
+        config.checker = Some(std::sync::Arc::new(Judge { honest_miner: miner().public(), lies: i == LIAR }));
+        config.sync_interval = Duration::from_millis(300);
+        nodes.push(start(config).await.unwrap());
+    }
+
+    let cheat = Keypair::from_secret([9; 32]);
+    let mut expected = Vec::new();
+    let client = HttpClientBuilder::default().build(format!("http://{}", nodes[0].rpc_addr.unwrap())).unwrap();
+    for seed in 0..6u64 {
+        let honest = seed % 2 == 0;
+        let signer = if honest { miner() } else { cheat.clone() };
+        let mut body = body_with(&spec, 16, 700 + seed, Chooser::Seeded);
+        body.miner = signer.public();
+        let artifact = body.sign(&signer);
+        let submitted: SubmitResult =
+            client.request("poi_submitArtifact", rpc_params![hex::encode(artifact.encode())]).await.unwrap();
+        assert!(submitted.stored);
+        expected.push((artifact.id(), if honest { "accepted" } else { "rejected" }));
+    }
+
+    // Settled: every node holds all four validators' votes on every artifact.
+    let settled = |n: &NodeHandle| {
+        expected.iter().all(|(id, _)| {
+            n.pipeline.store().verdict(id).unwrap().is_some_and(|v| v.voters.len() == VALIDATORS as usize)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !nodes.iter().all(settled) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(nodes.iter().all(settled), "votes did not settle within 60 s");
+    let liar = devnet_keypair(LIAR).public().to_hex();
+    for node in &nodes {
+        for (id, status) in &expected {
+            let verdict = node.pipeline.store().verdict(id).unwrap().unwrap();
+            assert_eq!(verdict.status, *status, "{verdict:?}");
+            assert!(verdict.voters.contains(&liar), "the liar's vote counted but did not decide");
+        }
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}
