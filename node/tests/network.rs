@@ -12,7 +12,7 @@ use libp2p::gossipsub;
 use libp2p::swarm::SwarmEvent;
 use poi_artifact::Keypair;
 use poi_chain_spec::{devnet_keypair, ChainSpec};
-use poi_node::net::{build_swarm, BehaviourEvent, Topics};
+use poi_node::net::{build_swarm, BehaviourEvent, Topics, GRAYLIST_THRESHOLD};
 use poi_node::rpc::SubmitResult;
 use poi_node::scheduler::{FullChecker, ModelChecker};
 use poi_node::service::{start, NodeConfig, NodeHandle};
@@ -214,6 +214,85 @@ async fn invalid_gossip_is_not_forwarded_and_its_sender_is_penalised() {
     let metrics = http_get(a.metrics_addr.unwrap(), "/metrics").await;
     assert!(metrics.contains("poi_artifacts_rejected_total{source=\"gossip\"} 2"), "{metrics}");
     drive.abort();
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A peer flooding invalid artifacts is graylisted after a few: gossipsub
+/// drops the rest before they cost a replay check, while honest artifacts
+/// submitted during the flood reach every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_peer_is_graylisted_and_honest_artifacts_still_flow() {
+    const FLOOD: usize = 300;
+    let spec = ChainSpec::local_devnet(2, 0.25).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&spec, 0, dir.path(), &[]).await;
+    let b = node(&spec, 1, dir.path(), &[&a]).await;
+
+    let mut evil = build_swarm(&Keypair::generate(), &spec).unwrap();
+    evil.dial(a.dial_addr()).unwrap();
+    let topics = Topics::new(&spec.chain_id());
+    let subscribed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. })) =
+                evil.select_next_some().await
+            {
+                if topic == topics.artifacts.hash() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(subscribed.is_ok());
+    let evil_id = *evil.local_peer_id();
+    let flood_spec = spec.clone();
+    let (flood_sent, all_sent) = tokio::sync::oneshot::channel();
+    let flood = tokio::spawn(async move {
+        for seed in 0..FLOOD as u64 {
+            let mut forged = build(&flood_spec, 16, 10_000 + seed, Chooser::Seeded).bytes;
+            let last = forged.len() - 1;
+            forged[last] ^= 1;
+            let _ = evil.behaviour_mut().gossipsub.publish(topics.artifacts.clone(), forged);
+            // Let the swarm send it.
+            let _ = tokio::time::timeout(Duration::from_millis(5), evil.select_next_some()).await;
+        }
+        let _ = flood_sent.send(());
+        loop {
+            evil.select_next_some().await;
+        }
+    });
+
+    let honest: Vec<_> = (0..20).map(|seed| build(&spec, 32, 800 + seed, Chooser::Seeded)).collect();
+    for built in &honest {
+        assert!(submit(&a, &built.bytes).await.stored);
+    }
+    let ids: Vec<_> = honest.iter().map(|b| b.artifact.id()).collect();
+    assert!(eventually(Duration::from_secs(20), || ids.iter().all(|id| stored(&b, id))).await, "honest flow stopped");
+
+    let graylisted = |peers: &[poi_node::service::PeerInfo]| {
+        peers.iter().any(|p| p.peer_id == evil_id.to_string() && p.score.is_some_and(|s| s < GRAYLIST_THRESHOLD))
+    };
+    let mut seen = false;
+    for _ in 0..100 {
+        if graylisted(&a.peers().await) {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "the flooder is not graylisted: {:?}", a.peers().await);
+    tokio::time::timeout(Duration::from_secs(30), all_sent).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let checked =
+        a.metrics.artifacts_rejected.get_or_create(&poi_node::metrics::SourceLabel { source: "gossip" }).get();
+    eprintln!("flood: {checked} of {FLOOD} invalid artifacts reached the replay check before graylisting");
+    assert!(checked > 0 && (checked as usize) < FLOOD / 2, "{checked} of {FLOOD} flood messages were replay-checked");
+    for seed in 0..FLOOD as u64 {
+        let forged_id = build(&spec, 16, 10_000 + seed, Chooser::Seeded).artifact.id();
+        assert!(!stored(&a, &forged_id) && !stored(&b, &forged_id));
+    }
+    flood.abort();
     a.stop().await;
     b.stop().await;
 }
