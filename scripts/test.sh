@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace, after fetching the pinned model if it is
-# missing. The reference vectors are read from ../shared/vectors (beside the
-# project root). Ends with one totals line, since
-# cargo's own last line belongs to whichever crate ran last.
+# missing, then a short run of every fuzz target (scripts/fuzz.sh). The
+# reference vectors are read from ../shared/vectors (beside the project root).
+# Ends with one totals line, since cargo's own last line belongs to whichever
+# crate ran last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ ! -d ../shared/vectors ]]; then
@@ -14,4 +15,6 @@ scripts/fetch-model.sh >/dev/null
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
-awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
+# Long runs: scripts/fuzz.sh 600.
+scripts/fuzz.sh "${POI_FUZZ_SECONDS:-20}"
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed; fuzz smoke passed\n", passed, failed }' "$log"

@@ -10,6 +10,7 @@ mod crypto;
 mod error;
 pub mod json;
 pub mod openai;
+pub mod sync;
 mod packing;
 mod sampling;
 mod vote;

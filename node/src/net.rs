@@ -13,7 +13,8 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{allow_block_list, identify, identity, noise, tcp, yamux, StreamProtocol, Swarm, SwarmBuilder};
 use poi_artifact::{sha256, ChainId, Keypair};
 use poi_chain_spec::ChainSpec;
-use serde::{Deserialize, Serialize};
+
+pub use poi_artifact::sync::{SyncEntry, SyncRequest, SyncResponse};
 
 use crate::store::{LogEntry, LogPage};
 
@@ -26,25 +27,6 @@ pub const SYNC_PAGE_BYTES: usize = 4 << 20;
 /// invalid messages pass the graylist threshold.
 const INVALID_MESSAGE_WEIGHT: f64 = -10.0;
 pub const GRAYLIST_THRESHOLD: f64 = -80.0;
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SyncRequest {
-    /// The first log sequence number wanted.
-    pub from: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SyncEntry {
-    Artifact(#[serde(with = "serde_bytes")] Vec<u8>),
-    Vote(#[serde(with = "serde_bytes")] Vec<u8>),
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SyncResponse {
-    pub entries: Vec<SyncEntry>,
-    pub next: u64,
-    pub more: bool,
-}
 
 impl From<LogPage> for SyncResponse {
     fn from(page: LogPage) -> Self {
