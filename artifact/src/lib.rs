@@ -10,9 +10,9 @@ mod crypto;
 mod error;
 pub mod json;
 pub mod openai;
-pub mod sync;
 mod packing;
 mod sampling;
+pub mod sync;
 mod vote;
 
 pub use artifact::{

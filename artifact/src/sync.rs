@@ -22,4 +22,3 @@ pub struct SyncResponse {
     pub next: u64,
     pub more: bool,
 }
-

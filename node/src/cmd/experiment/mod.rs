@@ -148,12 +148,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     report::write(&results, &args.out)?;
     for goal in &results.goals {
-        let mark = match goal.met {
-            Some(true) => "met    ",
-            Some(false) => "MISSED ",
-            None => "no data",
-        };
-        eprintln!("{mark} {}: {}", goal.goal, goal.measured);
+        let mark = goal.status.label();
+        eprintln!("{mark:<9} {}: {}", goal.goal, goal.measured);
     }
     eprintln!("wrote {}", args.out.join("RESULTS.md").display());
     Ok(ExitCode::SUCCESS)

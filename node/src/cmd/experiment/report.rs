@@ -178,19 +178,58 @@ pub fn prefix_rows(data: &[PairData], max_z: f64) -> Vec<PrefixRow> {
     rows
 }
 
+/// How a goal stands against the measurements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GoalStatus {
+    /// Observed and statistically shown (95 % bound within the goal).
+    Met,
+    /// Observed on these samples, but too few to show the rate.
+    NotShown,
+    Missed,
+    NoData,
+}
+
+impl GoalStatus {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Met => "met",
+            Self::NotShown => "not shown",
+            Self::Missed => "MISSED",
+            Self::NoData => "no data",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Goal {
     pub goal: String,
     pub measured: String,
-    pub met: Option<bool>,
+    pub status: GoalStatus,
 }
 
 fn percent(value: f64) -> String {
     format!("{:.2} %", value * 100.0)
 }
 
-/// DESIGN §9's goals against the measured rows; `met` is `None` when the run
-/// had no data for a goal (e.g. `--quick` has no 128-token prefixes).
+/// A failure-rate goal (`failures` of `n`, at most `allowed`): met when the
+/// 95 % upper bound is within it, not shown when only the observation is.
+fn rate_verdict(failures: f64, n: usize, allowed: f64) -> GoalStatus {
+    if n == 0 {
+        return GoalStatus::NoData;
+    }
+    let observed = failures / n as f64;
+    let bound = if failures == 0.0 { zero_failure_bound(n).unwrap_or(1.0) } else { 1.0 };
+    if observed > allowed {
+        GoalStatus::Missed
+    } else if bound <= allowed || allowed == 0.0 {
+        GoalStatus::Met
+    } else {
+        GoalStatus::NotShown
+    }
+}
+
+/// DESIGN §9's goals against the measured rows.
 pub fn goals(rows: &[PairRow], prefixes: &[PrefixRow]) -> Vec<Goal> {
     let mut goals = Vec::new();
     let honest: Vec<&PairRow> = rows.iter().filter(|r| r.class == Class::Honest).collect();
@@ -203,46 +242,53 @@ pub fn goals(rows: &[PairRow], prefixes: &[PrefixRow]) -> Vec<Goal> {
             false_positives.round(),
             zero_failure_bound(total).map_or("n/a".into(), percent)
         ),
-        met: (total > 0).then_some(false_positives == 0.0),
+        status: rate_verdict(false_positives.round(), total, 0.001),
     });
-    let mut worst = |class: Class, goal: &str, detection: f64, min_auc: Option<f64>| {
+    let mut detection = |class: Class, goal: &str, target: f64, min_auc: Option<f64>| {
         let of_class: Vec<&PairRow> = rows.iter().filter(|r| r.class == class).collect();
-        let lowest = of_class.iter().filter_map(|r| r.rejected_recommended).reduce(f64::min);
+        let n: usize = of_class.iter().map(|r| r.n).sum();
+        let missed: f64 =
+            of_class.iter().map(|r| (1.0 - r.rejected_recommended.unwrap_or(0.0)) * r.n as f64).sum::<f64>().round();
         let lowest_auc = of_class.iter().filter_map(|r| r.auc_distance2).reduce(f64::min);
-        let met = lowest.map(|l| l >= detection && min_auc.is_none_or(|m| lowest_auc.is_some_and(|a| a >= m)));
+        let mut status = rate_verdict(missed, n, 1.0 - target);
+        if min_auc.is_some_and(|m| lowest_auc.is_none_or(|a| a < m)) && status != GoalStatus::NoData {
+            status = GoalStatus::Missed;
+        }
         goals.push(Goal {
             goal: goal.into(),
             measured: format!(
-                "lowest detection {}, lowest AUC {}",
-                lowest.map_or("n/a".into(), percent),
+                "{missed} of {n} missed; lowest AUC {}",
                 lowest_auc.map_or("n/a".into(), |a| format!("{a:.4}"))
             ),
-            met,
+            status,
         });
     };
-    worst(Class::NumericsSwap, "numerics swap detected ≥ 99 % (AUC ≥ 0.999)", 0.99, Some(0.999));
-    worst(Class::CheaperModel, "cheaper model detected ≥ 99.9 %", 0.999, None);
-    let seeded_prefill: Vec<&PrefixRow> =
+    detection(Class::NumericsSwap, "numerics swap detected ≥ 99 % (AUC ≥ 0.999)", 0.99, Some(0.999));
+    detection(Class::CheaperModel, "cheaper model detected ≥ 99.9 %", 0.999, None);
+    let counted = |rows: &[&PrefixRow], rate: fn(&PrefixRow) -> Option<f64>| {
+        let n: usize = rows.iter().map(|p| p.count).sum();
+        let missed: f64 = rows.iter().map(|p| (1.0 - rate(p).unwrap_or(0.0)) * p.count as f64).sum::<f64>().round();
+        (missed, n)
+    };
+    let seeded: Vec<&PrefixRow> =
         prefixes.iter().filter(|p| p.class == Class::Prefill && p.replay_rejected.is_some()).collect();
-    let lowest = seeded_prefill.iter().filter_map(|p| p.replay_rejected).reduce(f64::min);
+    let (missed, n) = counted(&seeded, |p| p.replay_rejected);
     goals.push(Goal {
         goal: "pre-fill rejected 100 % by replay for N ≥ 32".into(),
-        measured: format!("lowest over pairs and N: {}", lowest.map_or("n/a".into(), percent)),
-        met: lowest.map(|l| l >= 1.0),
+        measured: format!("{missed} of {n} prefixes (N = 32, 64, 128) passed replay"),
+        status: rate_verdict(missed, n, 0.0),
     });
-    let unseeded_128: Vec<&PrefixRow> =
+    let unseeded: Vec<&PrefixRow> =
         prefixes.iter().filter(|p| p.class == Class::Prefill && p.replay_rejected.is_none() && p.n >= 128).collect();
-    let lowest = unseeded_128.iter().filter_map(|p| p.surprisal_rejected).reduce(f64::min);
-    let outside = unseeded_128.iter().filter_map(|p| p.outside_kept_set).reduce(f64::min);
+    let (missed, n) = counted(&unseeded, |p| p.surprisal_rejected);
+    let (not_outside, _) = counted(&unseeded, |p| p.outside_kept_set);
     goals.push(Goal {
         goal: "unseeded pre-fill rejected ≥ 99 % by the surprisal test for N ≥ 128".into(),
-        measured: match (lowest, outside) {
-            (Some(lowest), Some(outside)) => {
-                format!("lowest: {} (at least {} by a token outside the kept set)", percent(lowest), percent(outside))
-            }
-            _ => "n/a (no artifact reached 128 tokens)".into(),
-        },
-        met: lowest.map(|l| l >= 0.99),
+        measured: format!(
+            "{missed} of {n} passed; {} rejected by a token outside the kept set",
+            n as f64 - not_outside
+        ),
+        status: rate_verdict(missed, n, 0.01),
     });
     goals
 }
