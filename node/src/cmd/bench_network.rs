@@ -10,11 +10,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use futures::StreamExt;
 use jsonrpsee::core::client::ClientT;
 use jsonrpsee::http_client::HttpClientBuilder;
 use jsonrpsee::rpc_params;
+use libp2p::gossipsub;
+use libp2p::swarm::SwarmEvent;
+use libp2p::PeerId;
+use poi_artifact::Keypair;
 use poi_chain_spec::{devnet_keypair, ChainSpec};
-use poi_node::rpc::SubmitResult;
+use poi_node::metrics::SourceLabel;
+use poi_node::net::{build_swarm, BehaviourEvent, Topics, GRAYLIST_THRESHOLD};
+use poi_node::rpc::{RpcLimits, SubmitResult};
 use poi_node::service::{self, NodeConfig, NodeHandle};
 use poi_verifier::simulate::{build, Chooser};
 use rayon::prelude::*;
@@ -32,6 +39,22 @@ pub struct Args {
     /// Submissions in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Run a second time, on fresh nodes, with one more peer publishing
+    /// this many forged artifacts to node 0 meanwhile: prints both runs and
+    /// whether the flooder was graylisted.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    flood: usize,
+}
+
+struct Figures {
+    stored_everywhere: usize,
+    submit_seconds: f64,
+    seconds: f64,
+    latencies: Vec<f64>,
+    lagged: u64,
+    /// With a flood: forged artifacts that reached node 0's replay check,
+    /// and whether the flooder fell below the graylist threshold.
+    flood: Option<(u64, bool)>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -47,118 +70,219 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             (built.artifact.id().to_hex(), built.bytes)
         })
         .collect();
-    let dir = tempfile::tempdir()?;
-    tokio::runtime::Runtime::new()?.block_on(async move {
-        let mut nodes: Vec<NodeHandle> = Vec::new();
-        for i in 0..args.nodes {
-            let mut config = NodeConfig::new(spec.clone(), devnet_keypair(i), dir.path().join(format!("node{i}")));
-            config.bootnodes = nodes.iter().map(NodeHandle::dial_addr).collect();
-            nodes.push(service::start(config).await.with_context(|| format!("starting node {i}"))?);
-        }
-        // A full mesh before the clock starts.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while nodes.iter().any(|n| n.metrics.peers.get() < i64::from(args.nodes) - 1) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-
-        let stored_at: Arc<Mutex<HashMap<String, (usize, Instant)>>> = Arc::default();
-        let lagged = Arc::new(Mutex::new(0u64));
-        let mut feeds = Vec::new();
-        for node in &nodes {
-            let (stored_at, lagged) = (stored_at.clone(), lagged.clone());
-            let mut verdicts = node.pipeline.subscribe();
-            feeds.push(tokio::spawn(async move {
-                loop {
-                    match verdicts.recv().await {
-                        Ok(record) => {
-                            let mut map = stored_at.lock().expect("map");
-                            let entry = map.entry(record.artifact_id).or_insert((0, Instant::now()));
-                            entry.0 += 1;
-                            entry.1 = Instant::now();
-                        }
-                        Err(RecvError::Lagged(n)) => *lagged.lock().expect("lagged") += n,
-                        Err(RecvError::Closed) => return,
-                    }
-                }
-            }));
-        }
-
-        let clients: Vec<_> = nodes
-            .iter()
-            .map(|n| HttpClientBuilder::default().build(format!("http://{}", n.rpc_addr.expect("RPC on"))))
-            .collect::<Result<_, _>>()?;
-        let started = Instant::now();
-        let submitted_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-        let queue = Arc::new(Mutex::new(artifacts.into_iter().enumerate()));
-        let mut workers = Vec::new();
-        for _ in 0..args.concurrency {
-            let (queue, clients, submitted_at) = (queue.clone(), clients.clone(), submitted_at.clone());
-            workers.push(tokio::spawn(async move {
-                loop {
-                    let Some((i, (id, bytes))) = queue.lock().expect("queue").next() else { return Ok(()) };
-                    submitted_at.lock().expect("map").insert(id, Instant::now());
-                    let _: SubmitResult = clients[i % clients.len()]
-                        .request("poi_submitArtifact", rpc_params![hex::encode(bytes)])
-                        .await?;
-                }
-            }));
-        }
-        for worker in workers {
-            worker.await?.map_err(|e: jsonrpsee::core::ClientError| anyhow::anyhow!("submit: {e}"))?;
-        }
-        let submit_seconds = started.elapsed().as_secs_f64();
-        let everywhere =
-            |map: &HashMap<String, (usize, Instant)>| map.values().filter(|(n, _)| *n == nodes.len()).count();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while everywhere(&stored_at.lock().expect("map")) < args.artifacts && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let map = stored_at.lock().expect("map").clone();
-        let submitted = submitted_at.lock().expect("map").clone();
-        let mut latencies: Vec<f64> = map
-            .iter()
-            .filter(|(_, (n, _))| *n == nodes.len())
-            .filter_map(|(id, (_, at))| submitted.get(id).map(|s| at.duration_since(*s).as_secs_f64()))
-            .collect();
-        latencies.sort_by(f64::total_cmp);
-        let last = map.values().filter(|(n, _)| *n == nodes.len()).map(|(_, at)| *at).max().unwrap_or(started);
-        let seconds = last.duration_since(started).as_secs_f64();
-        let quantile = |q: f64| {
-            latencies
-                .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(f64::NAN)
-        };
-        println!("nodes                      {}", nodes.len());
-        println!("artifacts                  {} of {} tokens, k = {}", args.artifacts, args.tokens, spec.logged_k);
-        println!("stored on every node       {}", latencies.len());
-        println!(
-            "submit phase               {submit_seconds:.2} s ({:.0} artifacts/s accepted by RPC)",
-            args.artifacts as f64 / submit_seconds
-        );
-        println!("sustained, stored everywhere {:.0} artifacts/s ({seconds:.2} s)", latencies.len() as f64 / seconds);
-        println!(
-            "submit → stored everywhere p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            quantile(0.5) * 1e3,
-            quantile(0.99) * 1e3,
-            latencies.last().copied().unwrap_or(f64::NAN) * 1e3
-        );
-        println!(
-            "threads                    {} cores shared by all nodes",
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        );
-        let lost = *lagged.lock().expect("lagged");
-        if lost > 0 {
-            println!("verdict feed lagged        {lost} events (those artifacts are not timed)");
-        }
-        for feed in feeds {
-            feed.abort();
-        }
-        for node in nodes {
-            node.stop().await;
-        }
-        anyhow::Ok(())
-    })?;
+    let forged: Vec<Vec<u8>> = (0..args.flood as u64)
+        .into_par_iter()
+        .map(|seed| {
+            let mut bytes = build(&spec, 16, (1 << 40) + seed, Chooser::Seeded).bytes;
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1; // the signature no longer verifies
+            bytes
+        })
+        .collect();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let baseline = runtime.block_on(measure(&spec, &args, &artifacts, Vec::new()))?;
+    println!("nodes                      {}", args.nodes);
+    println!("artifacts                  {} of {} tokens, k = {}", args.artifacts, args.tokens, spec.logged_k);
+    report("", &baseline, args.artifacts);
+    if args.flood > 0 {
+        let flooded = runtime.block_on(measure(&spec, &args, &artifacts, forged))?;
+        println!("with a peer flooding {} forged artifacts to node 0:", args.flood);
+        report("  ", &flooded, args.artifacts);
+        let ratio = (flooded.stored_everywhere as f64 / flooded.seconds)
+            / (baseline.stored_everywhere as f64 / baseline.seconds);
+        println!("  honest throughput        {:.2}× the run without flood", ratio);
+    }
+    println!(
+        "threads                    {} cores shared by all nodes",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// One run on fresh nodes: submit everything, wait until every node stored
+/// it (or 120 s), with `forged` published by an extra peer meanwhile.
+async fn measure(
+    spec: &ChainSpec,
+    args: &Args,
+    artifacts: &[(String, Vec<u8>)],
+    forged: Vec<Vec<u8>>,
+) -> anyhow::Result<Figures> {
+    let dir = tempfile::tempdir()?;
+    let mut nodes: Vec<NodeHandle> = Vec::new();
+    for i in 0..args.nodes {
+        let mut config = NodeConfig::new(spec.clone(), devnet_keypair(i), dir.path().join(format!("node{i}")));
+        config.bootnodes = nodes.iter().map(NodeHandle::dial_addr).collect();
+        // The benchmark is the only client: measure the node, not the limit.
+        config.rpc_limits = RpcLimits { node_calls_per_s: None, connection_calls_per_s: None };
+        nodes.push(service::start(config).await.with_context(|| format!("starting node {i}"))?);
+    }
+    // A full mesh before the clock starts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nodes.iter().any(|n| n.metrics.peers.get() < i64::from(args.nodes) - 1) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let flooder = if forged.is_empty() { None } else { Some(start_flood(spec, &nodes[0], forged).await?) };
+    let flooder_peer = flooder.as_ref().map(|(peer, _)| *peer);
+    let mut graylisted = false;
+    let settle = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < settle {
+        graylisted |= is_graylisted(&nodes[0], flooder_peer).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let stored_at: Arc<Mutex<HashMap<String, (usize, Instant)>>> = Arc::default();
+    let lagged = Arc::new(Mutex::new(0u64));
+    let mut feeds = Vec::new();
+    for node in &nodes {
+        let (stored_at, lagged) = (stored_at.clone(), lagged.clone());
+        let mut verdicts = node.pipeline.subscribe();
+        feeds.push(tokio::spawn(async move {
+            loop {
+                match verdicts.recv().await {
+                    Ok(record) => {
+                        let mut map = stored_at.lock().expect("map");
+                        let entry = map.entry(record.artifact_id).or_insert((0, Instant::now()));
+                        entry.0 += 1;
+                        entry.1 = Instant::now();
+                    }
+                    Err(RecvError::Lagged(n)) => *lagged.lock().expect("lagged") += n,
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        }));
+    }
+
+    let clients: Vec<_> = nodes
+        .iter()
+        .map(|n| HttpClientBuilder::default().build(format!("http://{}", n.rpc_addr.expect("RPC on"))))
+        .collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    let submitted_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let queue = Arc::new(Mutex::new(artifacts.to_vec().into_iter().enumerate()));
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let (queue, clients, submitted_at) = (queue.clone(), clients.clone(), submitted_at.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let Some((i, (id, bytes))) = queue.lock().expect("queue").next() else { return Ok(()) };
+                submitted_at.lock().expect("map").insert(id, Instant::now());
+                let _: SubmitResult =
+                    clients[i % clients.len()].request("poi_submitArtifact", rpc_params![hex::encode(bytes)]).await?;
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await?.map_err(|e: jsonrpsee::core::ClientError| anyhow::anyhow!("submit: {e}"))?;
+    }
+    let submit_seconds = started.elapsed().as_secs_f64();
+    let everywhere = |map: &HashMap<String, (usize, Instant)>| map.values().filter(|(n, _)| *n == nodes.len()).count();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while everywhere(&stored_at.lock().expect("map")) < args.artifacts && Instant::now() < deadline {
+        graylisted |= is_graylisted(&nodes[0], flooder_peer).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let map = stored_at.lock().expect("map").clone();
+    let submitted = submitted_at.lock().expect("map").clone();
+    let mut latencies: Vec<f64> = map
+        .iter()
+        .filter(|(_, (n, _))| *n == nodes.len())
+        .filter_map(|(id, (_, at))| submitted.get(id).map(|s| at.duration_since(*s).as_secs_f64()))
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let last = map.values().filter(|(n, _)| *n == nodes.len()).map(|(_, at)| *at).max().unwrap_or(started);
+    let seconds = last.duration_since(started).as_secs_f64();
+    let flood = match flooder {
+        Some((_, task)) => {
+            task.abort();
+            Some((
+                nodes[0].metrics.artifacts_rejected.get_or_create(&SourceLabel { source: "gossip" }).get(),
+                graylisted,
+            ))
+        }
+        None => None,
+    };
+    let lagged = *lagged.lock().expect("lagged");
+    for feed in feeds {
+        feed.abort();
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+    Ok(Figures { stored_everywhere: latencies.len(), submit_seconds, seconds, latencies, lagged, flood })
+}
+
+/// Whether `node` scores `peer` below the graylist threshold now.
+async fn is_graylisted(node: &NodeHandle, peer: Option<PeerId>) -> bool {
+    let Some(peer) = peer else { return false };
+    let peers = node.peers().await;
+    peers.iter().any(|p| p.peer_id == peer.to_string() && p.score.is_some_and(|s| s < GRAYLIST_THRESHOLD))
+}
+
+/// A peer that joins node 0's artifact topic and publishes `forged` as fast as
+/// its connection takes them.
+async fn start_flood(
+    spec: &ChainSpec,
+    target: &NodeHandle,
+    forged: Vec<Vec<u8>>,
+) -> anyhow::Result<(PeerId, tokio::task::JoinHandle<()>)> {
+    let mut swarm = build_swarm(&Keypair::generate(), spec)?;
+    swarm.dial(target.dial_addr())?;
+    let topic = Topics::new(&spec.chain_id()).artifacts;
+    let joined = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic: t, .. })) =
+                swarm.select_next_some().await
+            {
+                if t == topic.hash() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    anyhow::ensure!(joined.is_ok(), "the flooding peer could not join node 0's artifact topic");
+    let peer = *swarm.local_peer_id();
+    let task = tokio::spawn(async move {
+        for bytes in forged {
+            let _ = swarm.behaviour_mut().gossipsub.publish(topic.clone(), bytes);
+            let _ = tokio::time::timeout(Duration::from_millis(1), swarm.select_next_some()).await;
+        }
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    Ok((peer, task))
+}
+
+fn report(indent: &str, figures: &Figures, artifacts: usize) {
+    let latencies = &figures.latencies;
+    let quantile = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!("{indent}stored on every node       {}", figures.stored_everywhere);
+    println!(
+        "{indent}submit phase               {:.2} s ({:.0} artifacts/s accepted by RPC)",
+        figures.submit_seconds,
+        artifacts as f64 / figures.submit_seconds
+    );
+    println!(
+        "{indent}sustained, stored everywhere {:.0} artifacts/s ({:.2} s)",
+        figures.stored_everywhere as f64 / figures.seconds,
+        figures.seconds
+    );
+    println!(
+        "{indent}submit → stored everywhere p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        quantile(0.5) * 1e3,
+        quantile(0.99) * 1e3,
+        latencies.last().copied().unwrap_or(f64::NAN) * 1e3
+    );
+    if figures.lagged > 0 {
+        println!("{indent}verdict feed lagged        {} events (those artifacts are not timed)", figures.lagged);
+    }
+    if let Some((checked, graylisted)) = figures.flood {
+        println!("{indent}forged artifacts checked   {checked} (the rest dropped by gossipsub); flooder graylisted: {graylisted}");
+    }
 }
