@@ -53,6 +53,28 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     response
 }
 
+/// A peer that speaks the protocol, connected to `target` and in its
+/// artifact topic's mesh view.
+async fn evil_peer(spec: &ChainSpec, target: &NodeHandle) -> (libp2p::Swarm<poi_node::net::Behaviour>, Topics) {
+    let mut evil = build_swarm(&Keypair::generate(), spec).unwrap();
+    evil.dial(target.dial_addr()).unwrap();
+    let topics = Topics::new(&spec.chain_id());
+    let subscribed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. })) =
+                evil.select_next_some().await
+            {
+                if topic == topics.artifacts.hash() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(subscribed.is_ok(), "the target subscribed to the artifacts topic, as the evil peer sees it");
+    (evil, topics)
+}
+
 fn stored(node: &NodeHandle, id: &poi_artifact::ArtifactId) -> bool {
     node.pipeline.store().has_artifact(id).unwrap()
 }
@@ -164,22 +186,7 @@ async fn invalid_gossip_is_not_forwarded_and_its_sender_is_penalised() {
     let b = node(&spec, 1, dir.path(), &[&a]).await;
 
     // A peer that speaks the protocol but publishes garbage and a forged artifact.
-    let mut evil = build_swarm(&Keypair::generate(), &spec).unwrap();
-    evil.dial(a.dial_addr()).unwrap();
-    let topics = Topics::new(&spec.chain_id());
-    let subscribed = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. })) =
-                evil.select_next_some().await
-            {
-                if topic == topics.artifacts.hash() {
-                    return;
-                }
-            }
-        }
-    })
-    .await;
-    assert!(subscribed.is_ok(), "a subscribed to the artifacts topic as seen by the evil peer");
+    let (mut evil, topics) = evil_peer(&spec, &a).await;
     let mut forged = build(&spec, 16, 7, Chooser::Seeded).bytes;
     let last = forged.len() - 1;
     forged[last] ^= 1; // the signature no longer verifies
@@ -229,22 +236,7 @@ async fn a_flooding_peer_is_graylisted_and_honest_artifacts_still_flow() {
     let a = node(&spec, 0, dir.path(), &[]).await;
     let b = node(&spec, 1, dir.path(), &[&a]).await;
 
-    let mut evil = build_swarm(&Keypair::generate(), &spec).unwrap();
-    evil.dial(a.dial_addr()).unwrap();
-    let topics = Topics::new(&spec.chain_id());
-    let subscribed = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. })) =
-                evil.select_next_some().await
-            {
-                if topic == topics.artifacts.hash() {
-                    return;
-                }
-            }
-        }
-    })
-    .await;
-    assert!(subscribed.is_ok());
+    let (mut evil, topics) = evil_peer(&spec, &a).await;
     let evil_id = *evil.local_peer_id();
     let flood_spec = spec.clone();
     let (flood_sent, all_sent) = tokio::sync::oneshot::channel();
