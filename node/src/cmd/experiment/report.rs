@@ -68,7 +68,9 @@ fn round_up(value: f64) -> f64 {
         return value;
     }
     let scale = 10f64.powf(value.log10().floor() - 1.0);
-    (value / scale).ceil() * scale
+    let rounded = (value / scale).ceil() * scale;
+    // Through text, so that 8.2e-4 is stored as 0.00082, not 0.00082000…01.
+    format!("{rounded:.1e}").parse().unwrap_or(rounded)
 }
 
 fn rejected(record: &PairRecord, max_distance2: f64, min_match_ratio: f64) -> bool {
@@ -346,4 +348,16 @@ pub fn write(results: &Results, out: &Path) -> anyhow::Result<()> {
     let text = env.get_template("results")?.render(results).context("rendering RESULTS.md")?;
     std::fs::write(out.join("RESULTS.md"), text)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_up;
+
+    #[test]
+    fn thresholds_round_up_to_two_significant_digits() {
+        assert_eq!(round_up(5.42e-4 * 1.5), 0.00082);
+        assert_eq!(round_up(0.0123), 0.013);
+        assert_eq!(round_up(0.5), 0.5);
+    }
 }
