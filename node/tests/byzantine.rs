@@ -6,15 +6,19 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use jsonrpsee::core::client::ClientT;
 use jsonrpsee::http_client::HttpClientBuilder;
 use jsonrpsee::rpc_params;
-use poi_artifact::{Artifact, Keypair, PublicKey, Verdict, VoteFigures};
+use poi_artifact::{Artifact, ArtifactId, Keypair, PublicKey, Verdict, Vote, VoteBody, VoteFigures, SELECT_DOMAIN};
 use poi_chain_spec::{devnet_keypair, ChainSpec};
+use poi_node::metrics::SourceLabel;
 use poi_node::rpc::SubmitResult;
 use poi_node::scheduler::FullChecker;
 use poi_node::service::{start, NodeConfig, NodeHandle};
-use poi_verifier::simulate::{body_with, miner, Chooser};
+use poi_verifier::simulate::{body_with, build, miner, Chooser};
+
+mod common;
 
 struct Judge {
     honest_miner: PublicKey,
@@ -85,6 +89,83 @@ async fn a_minority_voting_wrongly_does_not_change_any_verdict() {
             assert!(verdict.voters.contains(&liar), "the liar's vote counted but did not decide");
         }
     }
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+fn vote(spec: &ChainSpec, key: &Keypair, artifact: &ArtifactId, proof_over: &ArtifactId, verdict: Verdict) -> Vote {
+    VoteBody {
+        chain_id: spec.chain_id(),
+        artifact_id: *artifact,
+        validator: key.public(),
+        selection_proof: key.sign(SELECT_DOMAIN, proof_over),
+        verdict,
+        figures: VoteFigures { distance: 0.0, match_ratio: 1.0, surprisal_z: 0.0, profile_id: "test-judge".into() },
+        created_at_ms: 1,
+    }
+    .sign(key)
+}
+
+/// Over gossip: a validator that votes both ways on one artifact is named
+/// as an equivocator and neither vote counts; a vote whose selection proof
+/// is for another artifact is refused at the edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equivocating_and_unproven_votes_over_gossip_count_for_nothing() {
+    let spec = ChainSpec::local_devnet(4, 1.0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Validators 0..3 run nodes without a model (they vote on nothing);
+    // validator 3's key is in the hands of the misbehaving peer.
+    let mut nodes: Vec<NodeHandle> = Vec::new();
+    for i in 0..3 {
+        let mut config = NodeConfig::new(spec.clone(), devnet_keypair(i), dir.path().join(format!("node{i}")));
+        config.bootnodes = nodes.iter().map(NodeHandle::dial_addr).collect();
+        config.sync_interval = Duration::from_millis(300);
+        nodes.push(start(config).await.unwrap());
+    }
+    let built = build(&spec, 16, 4242, Chooser::Seeded);
+    let id = built.artifact.id();
+    let client = HttpClientBuilder::default().build(format!("http://{}", nodes[0].rpc_addr.unwrap())).unwrap();
+    let _: SubmitResult = client.request("poi_submitArtifact", rpc_params![hex::encode(&built.bytes)]).await.unwrap();
+
+    let (mut evil, topics) = common::evil_peer(&spec, &nodes[0]).await;
+    let (byzantine, honest) = (devnet_keypair(3), devnet_keypair(2));
+    let elsewhere = poi_artifact::sha256(b"another artifact");
+    let votes = [
+        vote(&spec, &byzantine, &id, &id, Verdict::Accept),
+        vote(&spec, &byzantine, &id, &id, Verdict::Reject),
+        vote(&spec, &honest, &id, &elsewhere, Verdict::Reject),
+    ];
+    let drive = tokio::spawn(async move {
+        for v in votes {
+            // Until the node's subscription to the votes topic is known,
+            // publishing finds no peer; retry while driving the swarm.
+            while evil.behaviour_mut().gossipsub.publish(topics.votes.clone(), v.encode()).is_err() {
+                let _ = tokio::time::timeout(Duration::from_millis(50), evil.select_next_some()).await;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), evil.select_next_some()).await;
+        }
+        loop {
+            evil.select_next_some().await;
+        }
+    });
+
+    let named = |n: &NodeHandle| {
+        n.pipeline.store().verdict(&id).unwrap().is_some_and(|v| v.equivocators == [byzantine.public().to_hex()])
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !nodes.iter().all(named) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for node in &nodes {
+        let verdict = node.pipeline.store().verdict(&id).unwrap().unwrap();
+        assert_eq!(verdict.equivocators, [byzantine.public().to_hex()], "{verdict:?}");
+        assert!(verdict.voters.is_empty(), "no vote counts: {verdict:?}");
+        assert_eq!(verdict.status, "accepted-replay-only");
+    }
+    let refused = nodes[0].metrics.votes_rejected.get_or_create(&SourceLabel { source: "gossip" }).get();
+    assert_eq!(refused, 1, "the vote with another artifact's selection proof");
+    drive.abort();
     for node in nodes {
         node.stop().await;
     }

@@ -8,16 +8,16 @@ use futures::StreamExt;
 use jsonrpsee::core::client::ClientT;
 use jsonrpsee::http_client::HttpClientBuilder;
 use jsonrpsee::rpc_params;
-use libp2p::gossipsub;
-use libp2p::swarm::SwarmEvent;
-use poi_artifact::Keypair;
 use poi_chain_spec::{devnet_keypair, ChainSpec};
-use poi_node::net::{build_swarm, BehaviourEvent, Topics, GRAYLIST_THRESHOLD};
+use poi_node::net::GRAYLIST_THRESHOLD;
 use poi_node::rpc::SubmitResult;
 use poi_node::scheduler::{FullChecker, ModelChecker};
 use poi_node::service::{start, NodeConfig, NodeHandle};
 use poi_verifier::runtime::{default_model_path, Runtime};
 use poi_verifier::simulate::{build, Chooser};
+
+mod common;
+use common::evil_peer;
 
 async fn node(spec: &ChainSpec, index: u32, dir: &std::path::Path, bootnodes: &[&NodeHandle]) -> NodeHandle {
     let mut config = NodeConfig::new(spec.clone(), devnet_keypair(index), dir.join(format!("node{index}")));
@@ -51,28 +51,6 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     response
-}
-
-/// A peer that speaks the protocol, connected to `target` and in its
-/// artifact topic's mesh view.
-async fn evil_peer(spec: &ChainSpec, target: &NodeHandle) -> (libp2p::Swarm<poi_node::net::Behaviour>, Topics) {
-    let mut evil = build_swarm(&Keypair::generate(), spec).unwrap();
-    evil.dial(target.dial_addr()).unwrap();
-    let topics = Topics::new(&spec.chain_id());
-    let subscribed = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. })) =
-                evil.select_next_some().await
-            {
-                if topic == topics.artifacts.hash() {
-                    return;
-                }
-            }
-        }
-    })
-    .await;
-    assert!(subscribed.is_ok(), "the target subscribed to the artifacts topic, as the evil peer sees it");
-    (evil, topics)
 }
 
 fn stored(node: &NodeHandle, id: &poi_artifact::ArtifactId) -> bool {
