@@ -207,6 +207,13 @@ impl Generation {
         (0..self.len()).map(|i| self.position(i))
     }
 
+    /// Per position the candidates and the chosen index: what
+    /// [`Generation::new`] takes, for rebuilding an edited or shortened
+    /// generation.
+    pub fn to_positions(&self) -> Vec<(Vec<Candidate>, u8)> {
+        self.positions().map(|p| (p.candidates().collect(), p.chosen)).collect()
+    }
+
     /// The generated token sequence `t_0 .. t_{n-1}`.
     pub fn chosen_tokens(&self) -> Vec<u32> {
         self.positions().map(|p| p.chosen_token()).collect()

@@ -25,8 +25,7 @@ fn examples() -> PathBuf {
 /// signature is valid, the replay is not.
 fn tampered(artifact: &Artifact, position: usize) -> Artifact {
     let mut body = artifact.body.clone();
-    let mut positions: Vec<_> =
-        body.generation.positions().map(|p| (p.candidates().collect::<Vec<_>>(), p.chosen)).collect();
+    let mut positions = body.generation.to_positions();
     positions[position].1 = if positions[position].1 == 0 { 1 } else { 0 };
     body.generation = Generation::new(body.generation.k(), &positions).unwrap();
     body.sign(&common::miner())

@@ -26,8 +26,7 @@ fn check(body: ArtifactBody) -> Result<poi_verifier::ReplayReport, ReplayError> 
 
 /// Rebuilds the body's generation with one position edited.
 fn edit_position(body: &mut ArtifactBody, index: usize, edit: impl FnOnce(&mut Vec<Candidate>, &mut u8)) {
-    let mut positions: Vec<(Vec<Candidate>, u8)> =
-        body.generation.positions().map(|p| (p.candidates().collect(), p.chosen)).collect();
+    let mut positions = body.generation.to_positions();
     let (candidates, chosen) = &mut positions[index];
     edit(candidates, chosen);
     body.generation = Generation::new(body.generation.k(), &positions).unwrap();

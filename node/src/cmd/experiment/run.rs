@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use poi_artifact::{Artifact, Candidate, FinishReason, Generation, Keypair, Request};
+use poi_artifact::{Artifact, FinishReason, Generation, Keypair, Request};
 use poi_chain_spec::ChainSpec;
 use poi_verifier::chat::Message;
 use poi_verifier::full_check::{compare, logged_top};
@@ -65,7 +65,7 @@ pub struct Engine {
     cache: PathBuf,
     max_tokens: usize,
     miner: Keypair,
-    /// The pinned runtime first; every profile loads the same pinned file.
+    /// By numerics profile id; every profile loads the same pinned file.
     runtimes: HashMap<String, Runtime>,
     progress: MultiProgress,
 }
@@ -208,7 +208,7 @@ impl Engine {
     }
 
     fn prefixes(&self, checker: &mut ReplayChecker, artifact: &Artifact) -> anyhow::Result<Vec<PrefixRecord>> {
-        let positions = positions(&artifact.body.generation);
+        let positions = artifact.body.generation.to_positions();
         let mut out = Vec::new();
         for n in PREFIX_LENGTHS.into_iter().filter(|&n| n <= positions.len()) {
             let mut body = artifact.body.clone();
@@ -231,11 +231,6 @@ impl Engine {
         }
         Ok(out)
     }
-}
-
-/// Per position, the logged candidates and the chosen index.
-fn positions(generation: &Generation) -> Vec<(Vec<Candidate>, u8)> {
-    generation.positions().map(|p| (p.candidates().collect(), p.chosen)).collect()
 }
 
 fn read_records(path: &Path) -> anyhow::Result<HashMap<String, RunRecord>> {
