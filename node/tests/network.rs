@@ -14,7 +14,7 @@ use poi_node::rpc::SubmitResult;
 use poi_node::scheduler::{FullChecker, ModelChecker};
 use poi_node::service::{start, NodeConfig, NodeHandle};
 use poi_verifier::runtime::{default_model_path, Runtime};
-use poi_verifier::simulate::{build, Chooser};
+use poi_verifier::simulate::{build, forged, Chooser};
 
 mod common;
 use common::evil_peer;
@@ -172,10 +172,7 @@ async fn invalid_gossip_is_not_forwarded_and_its_sender_is_penalised() {
 
     // A peer that speaks the protocol but publishes garbage and a forged artifact.
     let (mut evil, topics) = evil_peer(&spec, &a).await;
-    let mut forged = build(&spec, 16, 7, Chooser::Seeded).bytes;
-    let last = forged.len() - 1;
-    forged[last] ^= 1; // the signature no longer verifies
-    for bad in [b"not an artifact".to_vec(), forged] {
+    for bad in [b"not an artifact".to_vec(), forged(&spec, 16, 7)] {
         evil.behaviour_mut().gossipsub.publish(topics.artifacts.clone(), bad).unwrap();
     }
     let evil_id = *evil.local_peer_id();
@@ -227,10 +224,8 @@ async fn a_flooding_peer_is_graylisted_and_honest_artifacts_still_flow() {
     let (flood_sent, all_sent) = tokio::sync::oneshot::channel();
     let flood = tokio::spawn(async move {
         for seed in 0..FLOOD as u64 {
-            let mut forged = build(&flood_spec, 16, 10_000 + seed, Chooser::Seeded).bytes;
-            let last = forged.len() - 1;
-            forged[last] ^= 1;
-            let _ = evil.behaviour_mut().gossipsub.publish(topics.artifacts.clone(), forged);
+            let bad = forged(&flood_spec, 16, 10_000 + seed);
+            let _ = evil.behaviour_mut().gossipsub.publish(topics.artifacts.clone(), bad);
             // Let the swarm send it.
             let _ = tokio::time::timeout(Duration::from_millis(5), evil.select_next_some()).await;
         }

@@ -122,6 +122,15 @@ pub fn build(spec: &ChainSpec, n: usize, seed: u64, chooser: Chooser) -> Built {
     Built { artifact, bytes }
 }
 
+/// `build`'s canonical bytes with the last (signature) byte flipped: well
+/// formed, but the miner's signature no longer verifies.
+pub fn forged(spec: &ChainSpec, n: usize, seed: u64) -> Vec<u8> {
+    let mut bytes = build(spec, n, seed, Chooser::Seeded).bytes;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    bytes
+}
+
 fn standard_normal(rng: &mut StdRng) -> f64 {
     let (u, v): (f64, f64) = (1.0 - rng.gen::<f64>(), rng.gen());
     (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()

@@ -23,7 +23,7 @@ use poi_node::metrics::SourceLabel;
 use poi_node::net::{build_swarm, BehaviourEvent, Topics, GRAYLIST_THRESHOLD};
 use poi_node::rpc::{RpcLimits, SubmitResult};
 use poi_node::service::{self, NodeConfig, NodeHandle};
-use poi_verifier::simulate::{build, Chooser};
+use poi_verifier::simulate::{build, forged, Chooser};
 use rayon::prelude::*;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -70,15 +70,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             (built.artifact.id().to_hex(), built.bytes)
         })
         .collect();
-    let forged: Vec<Vec<u8>> = (0..args.flood as u64)
-        .into_par_iter()
-        .map(|seed| {
-            let mut bytes = build(&spec, 16, (1 << 40) + seed, Chooser::Seeded).bytes;
-            let last = bytes.len() - 1;
-            bytes[last] ^= 1; // the signature no longer verifies
-            bytes
-        })
-        .collect();
+    let forged: Vec<Vec<u8>> =
+        (0..args.flood as u64).into_par_iter().map(|seed| forged(&spec, 16, (1 << 40) + seed)).collect();
     let runtime = tokio::runtime::Runtime::new()?;
     let baseline = runtime.block_on(measure(&spec, &args, &artifacts, Vec::new()))?;
     println!("nodes                      {}", args.nodes);
