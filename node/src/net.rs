@@ -5,12 +5,13 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use libp2p::gossipsub::{
     self, IdentTopic, MessageAuthenticity, PeerScoreParams, PeerScoreThresholds, TopicScoreParams,
 };
 use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::swarm::NetworkBehaviour;
-use libp2p::{allow_block_list, identify, identity, noise, tcp, yamux, StreamProtocol, Swarm, SwarmBuilder};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{allow_block_list, identify, identity, noise, tcp, yamux, Multiaddr, StreamProtocol, Swarm, SwarmBuilder};
 use poi_artifact::{sha256, ChainId, Keypair};
 use poi_chain_spec::ChainSpec;
 
@@ -80,6 +81,8 @@ pub enum NetError {
     Gossipsub(String),
     #[error("transport: {0}")]
     Transport(String),
+    #[error("the peer did not join the artifacts topic within {0:?}")]
+    NotJoined(Duration),
 }
 
 fn gossipsub(key: &identity::Keypair, spec: &ChainSpec, topics: &Topics) -> Result<gossipsub::Behaviour, NetError> {
@@ -124,6 +127,34 @@ fn gossipsub(key: &identity::Keypair, spec: &ChainSpec, topics: &Topics) -> Resu
         behaviour.subscribe(topic).map_err(|e| NetError::Gossipsub(e.to_string()))?;
     }
     Ok(behaviour)
+}
+
+/// A swarm with a throwaway identity, connected to `target` and aware of its
+/// subscription to the artifacts topic, so that what it publishes reaches it:
+/// for tools and tests that play an outside (possibly hostile) peer. The
+/// caller drives the swarm from then on.
+pub async fn join_as_outsider(
+    spec: &ChainSpec,
+    target: Multiaddr,
+    limit: Duration,
+) -> Result<(Swarm<Behaviour>, Topics), NetError> {
+    let mut swarm = build_swarm(&Keypair::generate(), spec)?;
+    swarm.dial(target).map_err(|e| NetError::Transport(e.to_string()))?;
+    let topics = Topics::new(&spec.chain_id());
+    let joined = tokio::time::timeout(limit, async {
+        loop {
+            if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. })) =
+                swarm.select_next_some().await
+            {
+                if topic == topics.artifacts.hash() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    joined.map_err(|_| NetError::NotJoined(limit))?;
+    Ok((swarm, topics))
 }
 
 pub fn build_swarm(key: &Keypair, spec: &ChainSpec) -> Result<Swarm<Behaviour>, NetError> {

@@ -13,12 +13,11 @@ use jsonrpsee::rpc_params;
 use poi_artifact::{Artifact, ArtifactId, Keypair, PublicKey, Verdict, Vote, VoteBody, VoteFigures, SELECT_DOMAIN};
 use poi_chain_spec::{devnet_keypair, ChainSpec};
 use poi_node::metrics::SourceLabel;
+use poi_node::net::join_as_outsider;
 use poi_node::rpc::SubmitResult;
 use poi_node::scheduler::FullChecker;
 use poi_node::service::{start, NodeConfig, NodeHandle};
 use poi_verifier::simulate::{body_with, build, miner, Chooser};
-
-mod common;
 
 struct Judge {
     honest_miner: PublicKey,
@@ -128,7 +127,7 @@ async fn equivocating_and_unproven_votes_over_gossip_count_for_nothing() {
     let client = HttpClientBuilder::default().build(format!("http://{}", nodes[0].rpc_addr.unwrap())).unwrap();
     let _: SubmitResult = client.request("poi_submitArtifact", rpc_params![hex::encode(&built.bytes)]).await.unwrap();
 
-    let (mut evil, topics) = common::evil_peer(&spec, &nodes[0]).await;
+    let (mut evil, topics) = join_as_outsider(&spec, nodes[0].dial_addr(), Duration::from_secs(20)).await.unwrap();
     let (byzantine, honest) = (devnet_keypair(3), devnet_keypair(2));
     let elsewhere = poi_artifact::sha256(b"another artifact");
     let votes = [

@@ -9,15 +9,12 @@ use jsonrpsee::core::client::ClientT;
 use jsonrpsee::http_client::HttpClientBuilder;
 use jsonrpsee::rpc_params;
 use poi_chain_spec::{devnet_keypair, ChainSpec};
-use poi_node::net::GRAYLIST_THRESHOLD;
+use poi_node::net::{join_as_outsider, GRAYLIST_THRESHOLD};
 use poi_node::rpc::SubmitResult;
 use poi_node::scheduler::{FullChecker, ModelChecker};
 use poi_node::service::{start, NodeConfig, NodeHandle};
 use poi_verifier::runtime::{default_model_path, Runtime};
 use poi_verifier::simulate::{build, forged, Chooser};
-
-mod common;
-use common::evil_peer;
 
 async fn node(spec: &ChainSpec, index: u32, dir: &std::path::Path, bootnodes: &[&NodeHandle]) -> NodeHandle {
     let mut config = NodeConfig::new(spec.clone(), devnet_keypair(index), dir.join(format!("node{index}")));
@@ -171,7 +168,7 @@ async fn invalid_gossip_is_not_forwarded_and_its_sender_is_penalised() {
     let b = node(&spec, 1, dir.path(), &[&a]).await;
 
     // A peer that speaks the protocol but publishes garbage and a forged artifact.
-    let (mut evil, topics) = evil_peer(&spec, &a).await;
+    let (mut evil, topics) = join_as_outsider(&spec, a.dial_addr(), Duration::from_secs(20)).await.unwrap();
     for bad in [b"not an artifact".to_vec(), forged(&spec, 16, 7)] {
         evil.behaviour_mut().gossipsub.publish(topics.artifacts.clone(), bad).unwrap();
     }
@@ -218,7 +215,7 @@ async fn a_flooding_peer_is_graylisted_and_honest_artifacts_still_flow() {
     let a = node(&spec, 0, dir.path(), &[]).await;
     let b = node(&spec, 1, dir.path(), &[&a]).await;
 
-    let (mut evil, topics) = evil_peer(&spec, &a).await;
+    let (mut evil, topics) = join_as_outsider(&spec, a.dial_addr(), Duration::from_secs(20)).await.unwrap();
     let evil_id = *evil.local_peer_id();
     let flood_spec = spec.clone();
     let (flood_sent, all_sent) = tokio::sync::oneshot::channel();

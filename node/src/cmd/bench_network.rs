@@ -14,13 +14,10 @@ use futures::StreamExt;
 use jsonrpsee::core::client::ClientT;
 use jsonrpsee::http_client::HttpClientBuilder;
 use jsonrpsee::rpc_params;
-use libp2p::gossipsub;
-use libp2p::swarm::SwarmEvent;
 use libp2p::PeerId;
-use poi_artifact::Keypair;
 use poi_chain_spec::{devnet_keypair, ChainSpec};
 use poi_node::metrics::SourceLabel;
-use poi_node::net::{build_swarm, BehaviourEvent, Topics, GRAYLIST_THRESHOLD};
+use poi_node::net::{join_as_outsider, GRAYLIST_THRESHOLD};
 use poi_node::rpc::{RpcLimits, SubmitResult};
 use poi_node::service::{self, NodeConfig, NodeHandle};
 use poi_verifier::simulate::{build, forged, Chooser};
@@ -211,33 +208,18 @@ async fn is_graylisted(node: &NodeHandle, peer: Option<PeerId>) -> bool {
     peers.iter().any(|p| p.peer_id == peer.to_string() && p.score.is_some_and(|s| s < GRAYLIST_THRESHOLD))
 }
 
-/// A peer that joins node 0's artifact topic and publishes `forged` as fast as
+/// An outside peer in node 0's artifact topic, publishing `forged` as fast as
 /// its connection takes them.
 async fn start_flood(
     spec: &ChainSpec,
     target: &NodeHandle,
     forged: Vec<Vec<u8>>,
 ) -> anyhow::Result<(PeerId, tokio::task::JoinHandle<()>)> {
-    let mut swarm = build_swarm(&Keypair::generate(), spec)?;
-    swarm.dial(target.dial_addr())?;
-    let topic = Topics::new(&spec.chain_id()).artifacts;
-    let joined = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic: t, .. })) =
-                swarm.select_next_some().await
-            {
-                if t == topic.hash() {
-                    return;
-                }
-            }
-        }
-    })
-    .await;
-    anyhow::ensure!(joined.is_ok(), "the flooding peer could not join node 0's artifact topic");
+    let (mut swarm, topics) = join_as_outsider(spec, target.dial_addr(), Duration::from_secs(20)).await?;
     let peer = *swarm.local_peer_id();
     let task = tokio::spawn(async move {
         for bytes in forged {
-            let _ = swarm.behaviour_mut().gossipsub.publish(topic.clone(), bytes);
+            let _ = swarm.behaviour_mut().gossipsub.publish(topics.artifacts.clone(), bytes);
             let _ = tokio::time::timeout(Duration::from_millis(1), swarm.select_next_some()).await;
         }
         loop {
