@@ -84,7 +84,14 @@ pub fn compare(
             PositionDetail { position, chosen: l.chosen, distance, matches, validator_rank }
         })
         .collect();
-    let reason = if distance2 < 0.0 {
+    let reason = rejection(distance2, match_ratio, thresholds);
+    FullCheckReport { profile_id, distance2, match_ratio, accepted: reason.is_none(), reason, positions }
+}
+
+/// Why the full check rejects these figures under `thresholds`, or `None`
+/// when it accepts them.
+pub fn rejection(distance2: f64, match_ratio: f64, thresholds: &Thresholds) -> Option<String> {
+    if distance2 < 0.0 {
         Some("nothing to compare".to_string())
     } else if distance2 > thresholds.max_distance2 {
         Some(format!("distance2 {distance2:.6} exceeds {}", thresholds.max_distance2))
@@ -92,6 +99,5 @@ pub fn compare(
         Some(format!("match ratio {match_ratio:.4} is below {}", thresholds.min_match_ratio))
     } else {
         None
-    };
-    FullCheckReport { profile_id, distance2, match_ratio, accepted: reason.is_none(), reason, positions }
+    }
 }

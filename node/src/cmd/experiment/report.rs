@@ -7,6 +7,8 @@ use anyhow::Context;
 use poi_chain_spec::Thresholds;
 use serde::Serialize;
 
+use poi_verifier::full_check::rejection;
+
 use super::matrix::{Class, Decoding, Pair, PREFIX_LENGTHS};
 use super::run::PairRecord;
 use super::stats::{auc, quantile, rate, zero_failure_bound};
@@ -73,8 +75,9 @@ fn round_up(value: f64) -> f64 {
     format!("{rounded:.1e}").parse().unwrap_or(rounded)
 }
 
-fn rejected(record: &PairRecord, max_distance2: f64, min_match_ratio: f64) -> bool {
-    record.distance2 < 0.0 || record.distance2 > max_distance2 || record.match_ratio < min_match_ratio
+/// The node's own full-check rule, on the stored figures.
+fn rejected(record: &PairRecord, thresholds: &Thresholds) -> bool {
+    rejection(record.distance2, record.match_ratio, thresholds).is_some()
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -97,6 +100,11 @@ pub struct PairRow {
 }
 
 pub fn pair_rows(data: &[PairData], chain: &Thresholds, recommended: &Recommended) -> Vec<PairRow> {
+    let recommended_thresholds = Thresholds {
+        max_distance2: recommended.max_distance2,
+        min_match_ratio: recommended.min_match_ratio,
+        ..chain.clone()
+    };
     data.iter()
         .map(|d| {
             let honest = data.iter().find(|h| h.decoding == d.decoding && h.pair.name == "honest");
@@ -121,10 +129,8 @@ pub fn pair_rows(data: &[PairData], chain: &Thresholds, recommended: &Recommende
                 max_distance2: quantile(&distances, 1.0),
                 mean_match_ratio: (!d.records.is_empty())
                     .then(|| d.records.iter().map(|r| r.match_ratio).sum::<f64>() / d.records.len() as f64),
-                rejected_chain: rate(&d.records, |r| rejected(r, chain.max_distance2, chain.min_match_ratio)),
-                rejected_recommended: rate(&d.records, |r| {
-                    rejected(r, recommended.max_distance2, recommended.min_match_ratio)
-                }),
+                rejected_chain: rate(&d.records, |r| rejected(r, chain)),
+                rejected_recommended: rate(&d.records, |r| rejected(r, &recommended_thresholds)),
                 auc_distance2,
                 auc_max_position,
             }
