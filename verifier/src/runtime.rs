@@ -86,12 +86,14 @@ pub fn file_sha256(path: &Path) -> Result<Hash32, ModelError> {
     Ok(Hash32(hasher.finalize().into()))
 }
 
+/// poi's cache folder, `~/.cache/poi` (`./.cache/poi` without a `$HOME`).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".cache/poi")
+}
+
 /// Where `scripts/fetch-model.sh` puts the pinned file: `$POI_MODEL_DIR`, else
 /// `~/.cache/poi/models`.
 pub fn default_model_path(spec: &ChainSpec) -> PathBuf {
-    let dir = std::env::var_os("POI_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-        home.join(".cache/poi/models")
-    });
+    let dir = std::env::var_os("POI_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| cache_dir().join("models"));
     dir.join(&spec.model.file_name)
 }

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use plotters::style::RGBColor;
 use poi_verifier::model::builtin_profile;
-use poi_verifier::runtime::{default_model_path, Runtime};
+use poi_verifier::runtime::{cache_dir, default_model_path, Runtime};
 
 use crate::ChainArg;
 use matrix::{Class, Decoding, RUNS};
@@ -64,13 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     anyhow::ensure!((0.0..1.0).contains(&args.fpr_target), "--fpr-target must be in [0, 1)");
     let prompts = run::load_prompts(args.prompts.as_deref(), per_kind)?;
-    let cache_root = match args.cache {
-        Some(dir) => dir,
-        None => {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-            home.join(".cache/poi/experiments")
-        }
-    };
+    let cache_root = args.cache.unwrap_or_else(|| cache_dir().join("experiments"));
     let cache = cache_root.join(run::cache_key(&spec, max_tokens));
     let model_path = args.model.unwrap_or_else(|| default_model_path(&spec));
     anyhow::ensure!(
@@ -78,27 +72,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "model file {} not found: run scripts/fetch-model.sh (or pass --model)",
         model_path.display()
     );
-
-    let mut runtimes = HashMap::new();
-    for run in RUNS {
-        if runtimes.contains_key(run.miner) {
-            continue;
-        }
-        let profile = if run.miner == spec.numerics.id {
-            spec.numerics.clone()
-        } else {
-            builtin_profile(run.miner).with_context(|| format!("no built-in profile {}", run.miner))?
-        };
-        let runtime = Runtime::load_pinned(&spec, &model_path, Some(&profile))
-            .with_context(|| format!("loading {} under {}", model_path.display(), profile.id))?;
-        runtimes.insert(run.miner.to_string(), runtime);
-    }
     anyhow::ensure!(
-        runtimes.contains_key(&spec.numerics.id) && spec.numerics.id == matrix::NATIVE,
+        spec.numerics.id == matrix::NATIVE,
         "the experiment validates with {}, the chain pins {}",
         matrix::NATIVE,
         spec.numerics.id
     );
+
+    // The pinned load checks the file's hash and shape once; the other
+    // profiles read the same, already checked file.
+    let pinned = Runtime::load_pinned(&spec, &model_path, None)
+        .with_context(|| format!("loading {} under {}", model_path.display(), spec.numerics.id))?;
+    let mut runtimes = HashMap::from([(spec.numerics.id.clone(), pinned)]);
+    for run in RUNS {
+        if runtimes.contains_key(run.miner) {
+            continue;
+        }
+        let profile = builtin_profile(run.miner).with_context(|| format!("no built-in profile {}", run.miner))?;
+        let runtime = Runtime::load(&model_path, &profile)
+            .with_context(|| format!("loading {} under {}", model_path.display(), profile.id))?;
+        runtimes.insert(run.miner.to_string(), runtime);
+    }
     eprintln!(
         "{} prompts, {max_tokens} tokens at most, cache {}, output {}",
         prompts.len(),
