@@ -32,6 +32,7 @@ pub struct Metrics {
     pub artifacts_stored: Family<SourceLabel, Counter>,
     pub artifacts_rejected: Family<SourceLabel, Counter>,
     pub artifacts_duplicate: Family<SourceLabel, Counter>,
+    pub artifacts_outside_window: Family<SourceLabel, Counter>,
     pub votes_stored: Family<SourceLabel, Counter>,
     pub votes_rejected: Family<SourceLabel, Counter>,
     /// Gossip messages dropped unchecked because the validation queue was full.
@@ -52,6 +53,7 @@ impl Default for Metrics {
             artifacts_stored: Family::default(),
             artifacts_rejected: Family::default(),
             artifacts_duplicate: Family::default(),
+            artifacts_outside_window: Family::default(),
             votes_stored: Family::default(),
             votes_rejected: Family::default(),
             gossip_dropped: Counter::default(),
@@ -77,6 +79,11 @@ impl Default for Metrics {
             "artifacts_duplicate",
             "Artifacts received again after being stored",
             metrics.artifacts_duplicate.clone(),
+        );
+        registry.register(
+            "artifacts_outside_window",
+            "Valid artifacts refused because their creation time is outside the admission window",
+            metrics.artifacts_outside_window.clone(),
         );
         registry.register("votes_stored", "Signed votes stored", metrics.votes_stored.clone());
         registry.register(

@@ -6,7 +6,7 @@
 //! run it on worker threads, never on the swarm's event loop.
 
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use poi_artifact::{Artifact, ArtifactId, Keypair, Vote, MAX_VOTE_BYTES, SELECT_DOMAIN};
 use poi_chain_spec::ChainSpec;
@@ -26,16 +26,86 @@ pub enum IngestError {
     InvalidArtifact(#[from] ReplayError),
     #[error("vote rejected: {0}")]
     InvalidVote(String),
+    /// A valid artifact whose `created_at_ms` lies outside this node's
+    /// admission window; `age_ms` is negative for one from the future.
+    #[error(
+        "artifact created {} is outside this node's admission window (at most {} s old, {} s ahead of its clock)",
+        describe_age(*age_ms), max_age_ms / 1000, max_ahead_ms / 1000
+    )]
+    OutsideWindow { age_ms: i64, max_age_ms: u64, max_ahead_ms: u64 },
     /// This node's fault, not the sender's.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 impl IngestError {
-    /// Whether the peer that sent it deserves a penalty.
+    /// Whether the peer that sent it deserves a penalty. An honest relay
+    /// forwards an artifact within seconds of admitting it, so one just past
+    /// the window (or a relay whose clock is slightly off) is not a fault;
+    /// one far past it is.
     pub fn is_peer_fault(&self) -> bool {
-        !matches!(self, Self::Store(_))
+        match self {
+            Self::Store(_) => false,
+            Self::OutsideWindow { age_ms, max_age_ms, max_ahead_ms } => {
+                let grace = RELAY_GRACE.as_millis() as i64;
+                *age_ms > *max_age_ms as i64 + grace || -*age_ms > *max_ahead_ms as i64 + grace
+            }
+            _ => true,
+        }
     }
+}
+
+/// How far past the admission window a relayed artifact may be before its
+/// sender is penalised for it.
+pub const RELAY_GRACE: Duration = Duration::from_secs(60);
+
+fn describe_age(age_ms: i64) -> String {
+    if age_ms >= 0 {
+        format!("{} s ago", age_ms / 1000)
+    } else {
+        format!("{} s in the future", -age_ms / 1000)
+    }
+}
+
+/// Which new artifacts a node admits from miners and peers (RPC, gossip), by
+/// the `created_at_ms` their miner signed, against this node's clock. It
+/// stops an old artifact that was never published from being passed off as
+/// new work, and a future-dated one from outliving the window. Catch-up sync
+/// is exempt: a node that was away for longer than the window must still
+/// converge, and what it pulls was admitted fresh by the peer that logged it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// `None`: any age (a node replaying an archive, or test fixtures with
+    /// fixed timestamps).
+    pub max_age: Option<Duration>,
+    pub max_ahead: Duration,
+}
+
+impl Admission {
+    pub const ANY_AGE: Admission = Admission { max_age: None, max_ahead: Duration::MAX };
+
+    fn check(&self, created_at_ms: u64, now_ms: u64) -> Result<(), IngestError> {
+        let Some(max_age) = self.max_age else { return Ok(()) };
+        let age_ms = now_ms as i64 - created_at_ms.min(i64::MAX as u64) as i64;
+        let (max_age_ms, max_ahead_ms) = (millis(max_age), millis(self.max_ahead));
+        if age_ms > max_age_ms as i64 || -age_ms > max_ahead_ms as i64 {
+            return Err(IngestError::OutsideWindow { age_ms, max_age_ms, max_ahead_ms });
+        }
+        Ok(())
+    }
+}
+
+impl Default for Admission {
+    /// A miner submits what it generated at once, and gossip relays it in
+    /// seconds: an hour is generous; five minutes covers clocks that NTP
+    /// keeps roughly right.
+    fn default() -> Self {
+        Self { max_age: Some(Duration::from_secs(3600)), max_ahead: Duration::from_secs(300) }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis().min(i64::MAX as u128) as u64
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +148,7 @@ pub struct Pipeline {
     /// This node's validator key and its model queue; absent on a node that
     /// only relays and stores.
     validator: Option<(Arc<Keypair>, Scheduler)>,
+    admission: Admission,
 }
 
 pub fn now_ms() -> u64 {
@@ -90,9 +161,10 @@ impl Pipeline {
         spec: ChainSpec,
         metrics: Arc<Metrics>,
         validator: Option<(Arc<Keypair>, Scheduler)>,
+        admission: Admission,
     ) -> Self {
         let (verdicts, _) = broadcast::channel(1024);
-        Self { store, spec, checkers: Mutex::new(Vec::new()), verdicts, metrics, validator }
+        Self { store, spec, checkers: Mutex::new(Vec::new()), verdicts, metrics, validator, admission }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -142,8 +214,16 @@ impl Pipeline {
             self.metrics.artifacts_duplicate.get_or_create(&label).inc();
             return Ok(Ingested { id, new: false, verdict: self.stored_verdict(&id)? });
         }
+        // The replay check comes first so that a forged artifact is
+        // penalised as forged whatever time it claims.
         self.replay_check(&artifact).map_err(rejected)?;
-        let new = self.store.put_artifact(&artifact, now_ms())?;
+        let now = now_ms();
+        if matches!(source, Source::Rpc | Source::Gossip) {
+            self.admission.check(artifact.body.created_at_ms, now).inspect_err(|_| {
+                self.metrics.artifacts_outside_window.get_or_create(&label).inc();
+            })?;
+        }
+        let new = self.store.put_artifact(&artifact, now)?;
         let verdict = self.stored_verdict(&id)?;
         if new {
             self.metrics.artifacts_stored.get_or_create(&label).inc();

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;
 use crate::net::{self, Behaviour, BehaviourEvent, SyncEntry, SyncRequest, SyncResponse, Topics};
-use crate::pipeline::{Pipeline, Source};
+use crate::pipeline::{Admission, IngestError, Pipeline, Source};
 use crate::scheduler::{FullChecker, Scheduler};
 use crate::store::Store;
 
@@ -49,6 +49,9 @@ pub struct NodeConfig {
     pub validation_workers: usize,
     /// How often each connected peer is asked for what this node missed.
     pub sync_interval: Duration,
+    pub admission: Admission,
+    /// fsync every stored batch (see `Store::with_sync_writes`).
+    pub sync_writes: bool,
 }
 
 impl NodeConfig {
@@ -68,6 +71,8 @@ impl NodeConfig {
             full_check_queue: 64,
             validation_workers: 2,
             sync_interval: Duration::from_secs(5),
+            admission: Admission::default(),
+            sync_writes: false,
         }
     }
 }
@@ -170,7 +175,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(
         Store::open(&config.data_dir, config.spec.clone())
-            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?
+            .with_sync_writes(config.sync_writes),
     );
     let key = Arc::new(Keypair::from_secret(config.key.secret()));
     let (votes_tx, mut votes_rx) = mpsc::channel::<Vote>(256);
@@ -186,7 +192,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<NodeHandle> {
         )
     });
     let validator = scheduler.map(|s| (key.clone(), s));
-    let pipeline = Arc::new(Pipeline::new(store, config.spec.clone(), metrics.clone(), validator));
+    let pipeline = Arc::new(Pipeline::new(store, config.spec.clone(), metrics.clone(), validator, config.admission));
 
     let mut swarm = net::build_swarm(&config.key, &config.spec)?;
     for addr in &config.listen {
@@ -310,8 +316,12 @@ fn validation_worker(pipeline: &Pipeline, jobs: &Mutex<Receiver<Job>>, done: &mp
                         tracing::debug!(%source, %err, "invalid gossip");
                         MessageAcceptance::Reject
                     }
-                    Err(err) => {
+                    Err(IngestError::Store(err)) => {
                         tracing::error!(%err, "storing gossip");
+                        MessageAcceptance::Ignore
+                    }
+                    Err(err) => {
+                        tracing::debug!(%source, %err, "gossip not admitted");
                         MessageAcceptance::Ignore
                     }
                 };

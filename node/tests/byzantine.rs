@@ -14,6 +14,7 @@ use poi_artifact::{Artifact, ArtifactId, Keypair, PublicKey, Verdict, Vote, Vote
 use poi_chain_spec::{devnet_keypair, ChainSpec};
 use poi_node::metrics::SourceLabel;
 use poi_node::net::join_as_outsider;
+use poi_node::pipeline::Admission;
 use poi_node::rpc::SubmitResult;
 use poi_node::scheduler::FullChecker;
 use poi_node::service::{start, NodeConfig, NodeHandle};
@@ -48,6 +49,8 @@ async fn a_minority_voting_wrongly_does_not_change_any_verdict() {
     let mut nodes: Vec<NodeHandle> = Vec::new();
     for i in 0..VALIDATORS {
         let mut config = NodeConfig::new(spec.clone(), devnet_keypair(i), dir.path().join(format!("node{i}")));
+        // Fixture artifacts carry fixed, long-past creation times.
+        config.admission = Admission::ANY_AGE;
         config.bootnodes = nodes.iter().map(NodeHandle::dial_addr).collect();
         config.checker = Some(std::sync::Arc::new(Judge { honest_miner: miner().public(), lies: i == LIAR }));
         config.sync_interval = Duration::from_millis(300);
@@ -118,6 +121,8 @@ async fn equivocating_and_unproven_votes_over_gossip_count_for_nothing() {
     let mut nodes: Vec<NodeHandle> = Vec::new();
     for i in 0..3 {
         let mut config = NodeConfig::new(spec.clone(), devnet_keypair(i), dir.path().join(format!("node{i}")));
+        // Fixture artifacts carry fixed, long-past creation times.
+        config.admission = Admission::ANY_AGE;
         config.bootnodes = nodes.iter().map(NodeHandle::dial_addr).collect();
         config.sync_interval = Duration::from_millis(300);
         nodes.push(start(config).await.unwrap());

@@ -13,9 +13,10 @@ use jsonrpsee::core::client::ClientT;
 use jsonrpsee::http_client::HttpClientBuilder;
 use jsonrpsee::rpc_params;
 use poi_chain_spec::ChainSpec;
+use poi_node::pipeline::now_ms;
 use poi_node::rpc::{HistoryPage, SubmitResult};
 use poi_node::store::VerdictRecord;
-use poi_verifier::simulate::{build, Chooser};
+use poi_verifier::simulate::{build_at, Chooser};
 
 /// Starts a model-less node and returns it with its RPC address, read from
 /// its startup banner; a thread keeps draining its stderr.
@@ -65,7 +66,7 @@ async fn acknowledged_artifacts_survive_kill_9_under_load() {
         clients.push(tokio::spawn(async move {
             let client = HttpClientBuilder::default().build(format!("http://{addr}")).unwrap();
             for n in 0.. {
-                let artifact = build(&spec, 64, client_index * 1_000_000 + n, Chooser::Seeded).artifact;
+                let artifact = build_at(&spec, 64, client_index * 1_000_000 + n, Chooser::Seeded, now_ms()).artifact;
                 match client
                     .request::<SubmitResult, _>("poi_submitArtifact", rpc_params![hex::encode(artifact.encode())])
                     .await

@@ -10,14 +10,18 @@ use jsonrpsee::http_client::HttpClientBuilder;
 use jsonrpsee::rpc_params;
 use poi_chain_spec::{devnet_keypair, ChainSpec};
 use poi_node::net::{join_as_outsider, GRAYLIST_THRESHOLD};
+use poi_node::metrics::SourceLabel;
+use poi_node::pipeline::{now_ms, Admission};
 use poi_node::rpc::SubmitResult;
 use poi_node::scheduler::{FullChecker, ModelChecker};
 use poi_node::service::{start, NodeConfig, NodeHandle};
 use poi_verifier::runtime::{default_model_path, Runtime};
-use poi_verifier::simulate::{build, forged, Chooser};
+use poi_verifier::simulate::{build, build_at, forged, Chooser};
 
 async fn node(spec: &ChainSpec, index: u32, dir: &std::path::Path, bootnodes: &[&NodeHandle]) -> NodeHandle {
     let mut config = NodeConfig::new(spec.clone(), devnet_keypair(index), dir.join(format!("node{index}")));
+    // Fixture artifacts carry fixed, long-past creation times.
+    config.admission = Admission::ANY_AGE;
     config.bootnodes = bootnodes.iter().map(|n| n.dial_addr()).collect();
     config.sync_interval = Duration::from_millis(300);
     start(config).await.unwrap()
@@ -163,6 +167,7 @@ async fn invalid_gossip_is_not_forwarded_and_its_sender_is_penalised() {
     let spec = ChainSpec::local_devnet(2, 0.25).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = NodeConfig::new(spec.clone(), devnet_keypair(0), dir.path().join("node0"));
+    config.admission = Admission::ANY_AGE;
     config.metrics = Some("127.0.0.1:0".parse().unwrap());
     let a = start(config).await.unwrap();
     let b = node(&spec, 1, dir.path(), &[&a]).await;
@@ -277,6 +282,7 @@ async fn votes_from_the_real_model_converge_to_one_verdict_on_every_node() {
     let mut nodes: Vec<NodeHandle> = Vec::new();
     for i in 0..3 {
         let mut config = NodeConfig::new(spec.clone(), devnet_keypair(i), dir.path().join(format!("node{i}")));
+        config.admission = Admission::ANY_AGE;
         config.bootnodes = nodes.iter().map(NodeHandle::dial_addr).collect();
         config.checker = Some(checker.clone());
         config.sync_interval = Duration::from_millis(300);
@@ -300,4 +306,80 @@ async fn votes_from_the_real_model_converge_to_one_verdict_on_every_node() {
     for node in nodes {
         node.stop().await;
     }
+}
+
+/// The admission window at the RPC and gossip edges: an artifact created
+/// long ago or in the future is refused with an error naming the window and
+/// stored nowhere; a relay just past the window is not penalised, one far
+/// past it is; catch-up sync is exempt, so a node still converges with a peer
+/// that admitted an artifact while it was fresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_outside_the_admission_window_are_refused_at_the_edges_but_synced() {
+    let spec = ChainSpec::local_devnet(2, 0.25).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(NodeConfig::new(spec.clone(), devnet_keypair(0), dir.path().join("node0"))).await.unwrap();
+    let window = Admission::default();
+    let (max_age, max_ahead) = (window.max_age.unwrap().as_millis() as u64, window.max_ahead.as_millis() as u64);
+    let at = |seed, created_at_ms| build_at(&spec, 16, seed, Chooser::Seeded, created_at_ms);
+    let outside = |n: &NodeHandle, source| n.metrics.artifacts_outside_window.get_or_create(&SourceLabel { source }).get();
+
+    assert!(submit(&a, &at(1, now_ms()).bytes).await.stored, "a fresh artifact is admitted");
+    let client = HttpClientBuilder::default().build(format!("http://{}", a.rpc_addr.unwrap())).unwrap();
+    for (seed, created_at_ms, said) in [(2, now_ms() - 2 * max_age, "s ago"), (3, now_ms() + 2 * max_ahead, "s in the future")] {
+        let built = at(seed, created_at_ms);
+        let refused = client
+            .request::<SubmitResult, _>("poi_submitArtifact", rpc_params![hex::encode(&built.bytes)])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("outside this node's admission window") && refused.contains(said), "{refused}");
+        assert!(!stored(&a, &built.artifact.id()));
+    }
+    assert_eq!(outside(&a, "rpc"), 2);
+
+    let (mut outsider, topics) = join_as_outsider(&spec, a.dial_addr(), Duration::from_secs(20)).await.unwrap();
+    let outsider_id = outsider.local_peer_id().to_string();
+    let (publish, mut to_publish) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let drive = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = outsider.select_next_some() => {}
+                Some(bytes) = to_publish.recv() => {
+                    outsider.behaviour_mut().gossipsub.publish(topics.artifacts.clone(), bytes).unwrap();
+                }
+            }
+        }
+    });
+    let score = || async {
+        let peers = a.peers().await;
+        peers.iter().find(|p| p.peer_id == outsider_id).and_then(|p| p.score).unwrap_or(0.0)
+    };
+    let just_past = at(4, now_ms() - max_age - 10_000);
+    let far_past = at(5, now_ms() - 2 * max_age);
+    publish.send(just_past.bytes.clone()).unwrap();
+    publish.send(far_past.bytes.clone()).unwrap();
+    assert!(eventually(Duration::from_secs(20), || outside(&a, "gossip") == 2).await);
+    let mut last = 0.0;
+    for _ in 0..40 {
+        last = score().await;
+        if last < 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One invalid message scores -10 (its count decaying from 1), two -40:
+    // only the artifact far past the window was held against the relay.
+    assert!(last < 0.0 && last > -20.0, "the relay's score is {last}");
+    assert!(!stored(&a, &just_past.artifact.id()) && !stored(&a, &far_past.artifact.id()));
+    drive.abort();
+
+    // b admitted the old artifact (here: no window), then a meets b: sync
+    // brings it over the window.
+    let b = node(&spec, 1, dir.path(), &[]).await;
+    assert!(submit(&b, &far_past.bytes).await.stored);
+    a.dial(b.dial_addr()).await;
+    assert!(eventually(Duration::from_secs(20), || stored(&a, &far_past.artifact.id())).await, "sync is exempt");
+    assert_eq!(outside(&a, "sync"), 0);
+    a.stop().await;
+    b.stop().await;
 }

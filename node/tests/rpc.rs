@@ -11,7 +11,7 @@ use jsonrpsee::rpc_params;
 use jsonrpsee::ws_client::WsClientBuilder;
 use poi_chain_spec::ChainSpec;
 use poi_node::metrics::Metrics;
-use poi_node::pipeline::Pipeline;
+use poi_node::pipeline::{Admission, Pipeline};
 use poi_node::rpc::{serve, HistoryPage, NodeStatus, Rpc, RpcLimits, SubmitResult, RATE_LIMITED};
 use poi_node::store::{Store, VerdictRecord};
 
@@ -26,7 +26,8 @@ async fn limited_node(
     let spec = ChainSpec::devnet();
     let store = Arc::new(Store::open(dir, spec.clone()).unwrap());
     let metrics = Arc::new(Metrics::default());
-    let pipeline = Pipeline::new(store, spec, metrics.clone(), None);
+    // Fixture artifacts carry fixed, long-past creation times.
+    let pipeline = Pipeline::new(store, spec, metrics.clone(), None, Admission::ANY_AGE);
     let rpc = Rpc::new(Arc::new(pipeline), None);
     let (addr, handle) = serve("127.0.0.1:0".parse().unwrap(), rpc, limits).await.unwrap();
     ((addr.to_string(), handle), metrics)

@@ -122,6 +122,17 @@ pub fn build(spec: &ChainSpec, n: usize, seed: u64, chooser: Chooser) -> Built {
     Built { artifact, bytes }
 }
 
+/// `build` stamped with another creation time: fixtures carry a fixed one
+/// so that their bytes are reproducible, which a node's admission window
+/// (a wall-clock rule) refuses once it is old.
+pub fn build_at(spec: &ChainSpec, n: usize, seed: u64, chooser: Chooser, created_at_ms: u64) -> Built {
+    let mut body = body_with(spec, n, seed, chooser);
+    body.created_at_ms = created_at_ms;
+    let artifact = body.sign(&miner());
+    let bytes = artifact.encode();
+    Built { artifact, bytes }
+}
+
 /// `build`'s canonical bytes with the last (signature) byte flipped: well
 /// formed, but the miner's signature no longer verifies.
 pub fn forged(spec: &ChainSpec, n: usize, seed: u64) -> Vec<u8> {

@@ -34,6 +34,9 @@ pub enum BenchCommand {
     /// store every artifact; sustained artifacts/s and submit-to-stored-
     /// everywhere latency.
     Network(super::bench_network::Args),
+    /// Store writes (one batch per artifact, as the node writes them) without
+    /// and with an fsync per batch (`poi node --sync-writes`), side by side.
+    Store(super::bench_store::Args),
 }
 
 #[derive(Deserialize)]
@@ -78,6 +81,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Size { vectors, positions } => (vectors, positions),
         BenchCommand::Model(args) => return super::bench_model::run(args),
         BenchCommand::Network(args) => return super::bench_network::run(args),
+        BenchCommand::Store(args) => return super::bench_store::run(args),
     };
     let text = std::fs::read_to_string(&vectors).with_context(|| format!("reading {}", vectors.display()))?;
     let file: VectorFile = serde_json::from_str(&text).context("not a distance2 vector file")?;

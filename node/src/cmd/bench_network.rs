@@ -18,6 +18,7 @@ use libp2p::PeerId;
 use poi_chain_spec::{devnet_keypair, ChainSpec};
 use poi_node::metrics::SourceLabel;
 use poi_node::net::{join_as_outsider, GRAYLIST_THRESHOLD};
+use poi_node::pipeline::Admission;
 use poi_node::rpc::{RpcLimits, SubmitResult};
 use poi_node::service::{self, NodeConfig, NodeHandle};
 use poi_verifier::simulate::{build, forged, Chooser};
@@ -110,6 +111,8 @@ async fn measure(
         config.bootnodes = nodes.iter().map(NodeHandle::dial_addr).collect();
         // The benchmark is the only client: measure the node, not the limit.
         config.rpc_limits = RpcLimits { node_calls_per_s: None, connection_calls_per_s: None };
+        // Simulated artifacts carry fixed, long-past creation times.
+        config.admission = Admission::ANY_AGE;
         nodes.push(service::start(config).await.with_context(|| format!("starting node {i}"))?);
     }
     // A full mesh before the clock starts.

@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod bench_model;
 pub mod bench_network;
+pub mod bench_store;
 pub mod compare;
 pub mod convert;
 pub mod devnet;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use libp2p::Multiaddr;
+use poi_node::pipeline::Admission;
 use poi_node::rpc::RpcLimits;
 use poi_node::scheduler::{FullChecker, ModelChecker};
 use poi_node::service::{self, NodeConfig};
@@ -58,6 +59,20 @@ pub struct Args {
     /// Threads that run the model for full checks [default: 1].
     #[arg(long, value_name = "N")]
     full_check_workers: Option<usize>,
+    /// Refuse new artifacts (RPC, gossip) whose signed creation time is more
+    /// than this many seconds before this node's clock; catch-up sync is
+    /// exempt; 0 turns the rule off [default: 3600].
+    #[arg(long, value_name = "SECONDS")]
+    max_artifact_age: Option<u64>,
+    /// Refuse new artifacts whose signed creation time is more than this many
+    /// seconds after this node's clock [default: 300].
+    #[arg(long, value_name = "SECONDS")]
+    max_clock_ahead: Option<u64>,
+    /// fsync every stored artifact and vote before acknowledging it, so that
+    /// acknowledged data also survives a power loss (without it, only a crash
+    /// of the process); costs a disk round trip per write (`poi bench store`).
+    #[arg(long)]
+    sync_writes: bool,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -79,6 +94,10 @@ struct FileConfig {
     #[serde(default)]
     no_model: bool,
     full_check_workers: Option<usize>,
+    max_artifact_age: Option<u64>,
+    max_clock_ahead: Option<u64>,
+    #[serde(default)]
+    sync_writes: bool,
     model: Option<PathBuf>,
 }
 
@@ -128,6 +147,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             defaults.connection_calls_per_s,
         ),
     };
+    let window = Admission::default();
+    config.admission = match args.max_artifact_age.or(file.max_artifact_age) {
+        Some(0) => Admission::ANY_AGE,
+        age => Admission {
+            max_age: age.map(Duration::from_secs).or(window.max_age),
+            max_ahead: args.max_clock_ahead.or(file.max_clock_ahead).map_or(window.max_ahead, Duration::from_secs),
+        },
+    };
+    config.sync_writes = args.sync_writes || file.sync_writes;
     config.metrics = args.metrics.or(file.metrics);
     config.full_check_workers = args.full_check_workers.or(file.full_check_workers).unwrap_or(1);
     if !(args.no_model || file.no_model) {

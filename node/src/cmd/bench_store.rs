@@ -1,0 +1,67 @@
+//! `poi bench store`: what an fsync per stored batch costs, side by side in
+//! one run: the same artifacts written one batch each (as the node does)
+//! into a fresh store without and with `--sync-writes`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use poi_artifact::Artifact;
+use poi_chain_spec::ChainSpec;
+use poi_node::store::Store;
+use poi_verifier::simulate::{build, Chooser};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Artifacts written in each mode.
+    #[arg(long, default_value_t = 2000)]
+    artifacts: usize,
+    /// Generated tokens per artifact.
+    #[arg(long, default_value_t = 256)]
+    tokens: usize,
+    /// Where the two stores are made (the disk being measured); a temporary
+    /// directory under the system's when omitted.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let spec = ChainSpec::devnet();
+    let artifacts: Vec<Artifact> =
+        (0..args.artifacts as u64).map(|seed| build(&spec, args.tokens, seed, Chooser::Seeded).artifact).collect();
+    let parent = match &args.dir {
+        Some(dir) => tempfile::tempdir_in(dir),
+        None => tempfile::tempdir(),
+    }
+    .context("creating a directory for the stores")?;
+    println!(
+        "{} artifacts of {} tokens, one write batch each, in {}",
+        args.artifacts,
+        args.tokens,
+        parent.path().display()
+    );
+    let mut rates = Vec::new();
+    for (name, sync) in [("no fsync (default)", false), ("fsync per batch (--sync-writes)", true)] {
+        let store = Store::open(&parent.path().join(format!("sync-{sync}")), spec.clone())?.with_sync_writes(sync);
+        let mut latencies = Vec::with_capacity(artifacts.len());
+        let started = Instant::now();
+        for (received_at, artifact) in artifacts.iter().enumerate() {
+            let write = Instant::now();
+            store.put_artifact(artifact, received_at as u64)?;
+            latencies.push(write.elapsed().as_secs_f64() * 1e3);
+        }
+        let rate = artifacts.len() as f64 / started.elapsed().as_secs_f64();
+        latencies.sort_by(f64::total_cmp);
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "  {name:32} {rate:8.0} artifacts/s   p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+            at(0.5),
+            at(0.99),
+            at(1.0)
+        );
+        rates.push(rate);
+    }
+    println!("  fsync costs {:.1}x the throughput", rates[0] / rates[1]);
+    Ok(ExitCode::SUCCESS)
+}
