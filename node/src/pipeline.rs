@@ -75,8 +75,8 @@ fn describe_age(age_ms: i64) -> String {
 /// converge, and what it pulls was admitted fresh by the peer that logged it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Admission {
-    /// `None`: any age (a node replaying an archive, or test fixtures with
-    /// fixed timestamps).
+    /// `None`: no window at all, past or future (a node replaying an
+    /// archive, or test fixtures with fixed timestamps).
     pub max_age: Option<Duration>,
     pub max_ahead: Duration,
 }

@@ -9,8 +9,8 @@ use jsonrpsee::core::client::ClientT;
 use jsonrpsee::http_client::HttpClientBuilder;
 use jsonrpsee::rpc_params;
 use poi_chain_spec::{devnet_keypair, ChainSpec};
-use poi_node::net::{join_as_outsider, GRAYLIST_THRESHOLD};
 use poi_node::metrics::SourceLabel;
+use poi_node::net::{join_as_outsider, GRAYLIST_THRESHOLD};
 use poi_node::pipeline::{now_ms, Admission};
 use poi_node::rpc::SubmitResult;
 use poi_node::scheduler::{FullChecker, ModelChecker};
@@ -321,11 +321,14 @@ async fn artifacts_outside_the_admission_window_are_refused_at_the_edges_but_syn
     let window = Admission::default();
     let (max_age, max_ahead) = (window.max_age.unwrap().as_millis() as u64, window.max_ahead.as_millis() as u64);
     let at = |seed, created_at_ms| build_at(&spec, 16, seed, Chooser::Seeded, created_at_ms);
-    let outside = |n: &NodeHandle, source| n.metrics.artifacts_outside_window.get_or_create(&SourceLabel { source }).get();
+    let outside =
+        |n: &NodeHandle, source| n.metrics.artifacts_outside_window.get_or_create(&SourceLabel { source }).get();
 
     assert!(submit(&a, &at(1, now_ms()).bytes).await.stored, "a fresh artifact is admitted");
     let client = HttpClientBuilder::default().build(format!("http://{}", a.rpc_addr.unwrap())).unwrap();
-    for (seed, created_at_ms, said) in [(2, now_ms() - 2 * max_age, "s ago"), (3, now_ms() + 2 * max_ahead, "s in the future")] {
+    for (seed, created_at_ms, said) in
+        [(2, now_ms() - 2 * max_age, "s ago"), (3, now_ms() + 2 * max_ahead, "s in the future")]
+    {
         let built = at(seed, created_at_ms);
         let refused = client
             .request::<SubmitResult, _>("poi_submitArtifact", rpc_params![hex::encode(&built.bytes)])

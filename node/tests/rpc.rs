@@ -201,3 +201,33 @@ async fn reqwest_free_post(addr: &str, body: &str) -> String {
     let _ = stream.read_to_end(&mut response).await;
     String::from_utf8_lossy(&response).into_owned()
 }
+
+/// Connections past the limit are refused while every open one keeps being
+/// served; closing one frees its place.
+#[tokio::test]
+async fn connections_past_the_limit_are_refused_and_freed_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, handle) = node(dir.path()).await;
+    let mut open = Vec::new();
+    for _ in 0..poi_node::rpc::MAX_CONNECTIONS {
+        open.push(WsClientBuilder::default().build(format!("ws://{addr}")).await.unwrap());
+    }
+    let refused = WsClientBuilder::default().build(format!("ws://{addr}")).await;
+    assert!(refused.is_err(), "connection {} was accepted", poi_node::rpc::MAX_CONNECTIONS + 1);
+    for ws in [open.first().unwrap(), open.last().unwrap()] {
+        let _: NodeStatus = ws.request("poi_status", rpc_params![]).await.unwrap();
+    }
+
+    drop(open.pop());
+    let mut reopened = None;
+    for _ in 0..50 {
+        if let Ok(ws) = WsClientBuilder::default().build(format!("ws://{addr}")).await {
+            reopened = Some(ws);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _: NodeStatus =
+        reopened.expect("a closed connection frees its place").request("poi_status", rpc_params![]).await.unwrap();
+    handle.stop().unwrap();
+}

@@ -65,7 +65,7 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS")]
     max_artifact_age: Option<u64>,
     /// Refuse new artifacts whose signed creation time is more than this many
-    /// seconds after this node's clock [default: 300].
+    /// seconds after this node's clock; off with the age rule [default: 300].
     #[arg(long, value_name = "SECONDS")]
     max_clock_ahead: Option<u64>,
     /// fsync every stored artifact and vote before acknowledging it, so that
