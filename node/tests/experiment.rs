@@ -51,6 +51,15 @@ fn quick_matrix_writes_the_report_separates_honest_from_fraud_and_resumes_from_c
     assert_eq!(replay("sampled", "honest"), 0.0);
     assert!(replay("sampled", "prefill-q2k") > 0.5, "{prefixes:?}");
     assert_eq!(replay("greedy", "prefill-q2k"), 1.0, "{prefixes:?}");
+    // The adaptive attacker repairs its drafts until the kept-set rule has
+    // nothing left to reject.
+    for pair in ["repaired-q4_0-unseeded", "repaired-q2k-unseeded"] {
+        assert_eq!(row(pairs, "sampled", pair)["n"], 4);
+        for p in prefixes.iter().filter(|p| p["pair"] == pair) {
+            assert_eq!(p["outside_kept_set"], 0.0, "{p}");
+        }
+    }
+    assert!(row(pairs, "sampled", "repaired-q2k-unseeded")["median_replaced_tokens"].as_f64().unwrap() >= 1.0);
 
     let report = std::fs::read_to_string(out_dir.join("RESULTS.md")).unwrap();
     for (key, file) in results["plots"].as_object().unwrap() {

@@ -324,7 +324,9 @@ async fn artifacts_outside_the_admission_window_are_refused_at_the_edges_but_syn
     let outside =
         |n: &NodeHandle, source| n.metrics.artifacts_outside_window.get_or_create(&SourceLabel { source }).get();
 
-    assert!(submit(&a, &at(1, now_ms()).bytes).await.stored, "a fresh artifact is admitted");
+    let fresh = at(1, now_ms());
+    assert!(submit(&a, &fresh.bytes).await.stored, "a fresh artifact is admitted");
+    let fresh_verdict = a.pipeline.store().verdict(&fresh.artifact.id()).unwrap().unwrap();
     let client = HttpClientBuilder::default().build(format!("http://{}", a.rpc_addr.unwrap())).unwrap();
     for (seed, created_at_ms, said) in
         [(2, now_ms() - 2 * max_age, "s ago"), (3, now_ms() + 2 * max_ahead, "s in the future")]
@@ -383,6 +385,9 @@ async fn artifacts_outside_the_admission_window_are_refused_at_the_edges_but_syn
     a.dial(b.dial_addr()).await;
     assert!(eventually(Duration::from_secs(20), || stored(&a, &far_past.artifact.id())).await, "sync is exempt");
     assert_eq!(outside(&a, "sync"), 0);
+    // What a had stored before the refusals is unchanged.
+    assert_eq!(a.pipeline.store().artifact_bytes(&fresh.artifact.id()).unwrap().as_deref(), Some(&fresh.bytes[..]));
+    assert_eq!(a.pipeline.store().verdict(&fresh.artifact.id()).unwrap().unwrap(), fresh_verdict);
     a.stop().await;
     b.stop().await;
 }

@@ -75,6 +75,8 @@ async fn bad_requests_get_errors_and_store_nothing() {
     let (addr, handle) = node(dir.path()).await;
     let http = HttpClientBuilder::default().build(format!("http://{addr}")).unwrap();
     let spec = ChainSpec::devnet();
+    let valid = common::build(&spec, 24, 5, Chooser::Seeded).bytes;
+    let before: SubmitResult = http.request("poi_submitArtifact", rpc_params![hex::encode(&valid)]).await.unwrap();
 
     let forged = common::forged(&spec, 24, 4);
     for (what, param) in
@@ -105,7 +107,11 @@ async fn bad_requests_get_errors_and_store_nothing() {
     );
 
     let page: HistoryPage = http.request("poi_verdictHistory", rpc_params![]).await.unwrap();
-    assert!(page.rows.is_empty(), "nothing invalid was stored");
+    assert_eq!(page.rows, vec![before.verdict], "nothing invalid was stored, nothing stored was changed");
+    let stored: Option<serde_json::Value> =
+        http.request("poi_getArtifact", rpc_params![before.artifact_id.clone()]).await.unwrap();
+    let stored = poi_artifact::Artifact::from_json_str(&stored.unwrap().to_string()).unwrap();
+    assert_eq!(stored.encode(), valid);
     handle.stop().unwrap();
 }
 

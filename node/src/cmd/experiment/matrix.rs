@@ -47,6 +47,8 @@ pub enum Class {
     NumericsSwap,
     CheaperModel,
     Prefill,
+    /// Pre-fill with every token repaired into the pinned kept set.
+    AdaptivePrefill,
 }
 
 /// How one pair's artifact is made from a run's generation.
@@ -56,6 +58,9 @@ pub enum Output {
     Direct,
     /// Its tokens, with the pinned model's top-k logged as the proof.
     Prefill,
+    /// The same after repairing every token the pinned sampler could not
+    /// pick (`attack::repaired_prefill`): only the surprisal test is left.
+    RepairedPrefill,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -87,6 +92,13 @@ impl Run {
     /// Greedy decoding has no randomness, so seeding changes nothing there.
     pub fn applies_to(&self, decoding: Decoding) -> bool {
         self.seeded || decoding == Decoding::Sampled
+    }
+
+    /// The adaptive attacker drafts and proves again after every repair:
+    /// tens of seconds per artifact on two cores, so it runs on the first
+    /// prompts of each kind only.
+    pub fn per_kind(&self) -> Option<usize> {
+        self.pairs.iter().any(|p| p.output == Output::RepairedPrefill).then_some(ADAPTIVE_PER_KIND)
     }
 }
 
@@ -149,7 +161,22 @@ pub const RUNS: &[Run] = &[
         validator_threads: None,
         pairs: &[pair("prefill-q2k-unseeded", Class::Prefill, Output::Prefill)],
     },
+    // Separate runs (their own cache files) over the same cached generations.
+    Run {
+        miner: "requant-q4_0-cpu",
+        seeded: false,
+        validator_threads: None,
+        pairs: &[pair("repaired-q4_0-unseeded", Class::AdaptivePrefill, Output::RepairedPrefill)],
+    },
+    Run {
+        miner: "requant-q2k-cpu",
+        seeded: false,
+        validator_threads: None,
+        pairs: &[pair("repaired-q2k-unseeded", Class::AdaptivePrefill, Output::RepairedPrefill)],
+    },
 ];
+
+pub const ADAPTIVE_PER_KIND: usize = 5;
 
 /// Prefix lengths at which the replay and surprisal tests are evaluated.
 pub const PREFIX_LENGTHS: [usize; 3] = [32, 64, 128];

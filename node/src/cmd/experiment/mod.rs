@@ -3,6 +3,7 @@
 //! with the pinned profile, and writes `RESULTS.md`, `results/results.json`
 //! and one distance histogram per pair.
 
+mod attack;
 mod matrix;
 mod plot;
 mod report;
@@ -136,6 +137,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         recommended,
         pairs,
         findings,
+        adaptive_per_kind: matrix::ADAPTIVE_PER_KIND.min(per_kind),
         prefixes,
         goals,
         plots,

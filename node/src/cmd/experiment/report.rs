@@ -97,6 +97,8 @@ pub struct PairRow {
     /// Against the honest pair of the same decoding; `None` for honest pairs.
     pub auc_distance2: Option<f64>,
     pub auc_max_position: Option<f64>,
+    /// Median tokens the adaptive attacker replaced per artifact.
+    pub median_replaced_tokens: Option<f64>,
 }
 
 pub fn pair_rows(data: &[PairData], chain: &Thresholds, recommended: &Recommended) -> Vec<PairRow> {
@@ -119,6 +121,7 @@ pub fn pair_rows(data: &[PairData], chain: &Thresholds, recommended: &Recommende
                 _ => (None, None),
             };
             let distances = d.distances();
+            let replaced: Vec<f64> = d.records.iter().filter_map(|r| r.replaced_tokens).map(|n| n as f64).collect();
             PairRow {
                 decoding: d.decoding.name(),
                 pair: d.pair.name,
@@ -133,6 +136,7 @@ pub fn pair_rows(data: &[PairData], chain: &Thresholds, recommended: &Recommende
                 rejected_recommended: rate(&d.records, |r| rejected(r, &recommended_thresholds)),
                 auc_distance2,
                 auc_max_position,
+                median_replaced_tokens: quantile(&replaced, 0.5),
             }
         })
         .collect()
@@ -298,6 +302,18 @@ pub fn goals(rows: &[PairRow], prefixes: &[PrefixRow]) -> Vec<Goal> {
         ),
         status: rate_verdict(missed, n, 0.01),
     });
+    let adaptive: Vec<&PrefixRow> =
+        prefixes.iter().filter(|p| p.class == Class::AdaptivePrefill && p.n >= 128).collect();
+    let (missed, n) = counted(&adaptive, |p| p.surprisal_rejected);
+    let medians: Vec<String> = adaptive
+        .iter()
+        .map(|p| format!("`{}` {}", p.pair, p.median_z.map_or("n/a".into(), |z| format!("{z:.2}"))))
+        .collect();
+    goals.push(Goal {
+        goal: "adaptive unseeded pre-fill (every token repaired into the kept set) rejected ≥ 99 % by the surprisal test for N ≥ 128".into(),
+        measured: format!("{missed} of {n} passed; median z {}", medians.join(", ")),
+        status: rate_verdict(missed, n, 0.01),
+    });
     goals
 }
 
@@ -310,6 +326,9 @@ pub struct Findings {
     /// Every pre-fill artifact the unseeded check rejected had a token
     /// outside the kept set, so the z threshold decided none.
     pub prefill_rejected_by_kept_set_alone: bool,
+    /// The surprisal test at N = 128 passes more than 1 % of the adaptive
+    /// attacker's artifacts.
+    pub adaptive_evades_surprisal: bool,
 }
 
 impl Findings {
@@ -320,6 +339,10 @@ impl Findings {
             fraud_separated: fraud.clone().count() > 0 && fraud.into_iter().all(|r| r.auc_distance2 == Some(1.0)),
             prefill_rejected_by_kept_set_alone: prefill.clone().count() > 0
                 && prefill.into_iter().all(|p| p.surprisal_rejected == p.outside_kept_set),
+            adaptive_evades_surprisal: prefixes
+                .iter()
+                .filter(|p| p.class == Class::AdaptivePrefill && p.n == 128)
+                .any(|p| p.surprisal_rejected.is_some_and(|r| r < 0.99)),
         }
     }
 }
@@ -337,6 +360,7 @@ pub struct Results {
     pub prefixes: Vec<PrefixRow>,
     pub goals: Vec<Goal>,
     pub findings: Findings,
+    pub adaptive_per_kind: usize,
     pub plots: BTreeMap<String, String>,
 }
 

@@ -13,13 +13,14 @@ use poi_artifact::{Artifact, FinishReason, Generation, Keypair, Request};
 use poi_chain_spec::ChainSpec;
 use poi_verifier::chat::Message;
 use poi_verifier::full_check::{compare, logged_top};
-use poi_verifier::generate::{generate, prefill_proof, teacher_forced_top_k, Draws};
+use poi_verifier::generate::{generate, prefill_proof, teacher_forced_top_k, Draws, Generated};
 use poi_verifier::replay::{ReplayChecker, ReplayError};
 use poi_verifier::runtime::Runtime;
 use rand::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::attack::repaired_prefill;
 use super::matrix::{Decoding, Output, Run, NATIVE, PREFIX_LENGTHS};
 
 #[derive(Clone, Debug, Deserialize)]
@@ -50,6 +51,10 @@ pub struct PairRecord {
     /// score that one badly wrong position cannot hide in an average.
     pub max_position_distance: f64,
     pub prefixes: Vec<PrefixRecord>,
+    /// Tokens the adaptive attacker replaced, each followed by a new cheap
+    /// draft (repaired pairs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaced_tokens: Option<usize>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -83,6 +88,10 @@ impl Engine {
     /// Runs (or resumes) one run of the matrix over `prompts`, returning the
     /// records of exactly these prompts.
     pub fn run(&self, decoding: Decoding, run: &Run, prompts: &[Prompt]) -> anyhow::Result<Vec<RunRecord>> {
+        let prompts = match run.per_kind() {
+            Some(cap) => first_per_kind(prompts, cap),
+            None => prompts.to_vec(),
+        };
         let spec = decoding.spec(&self.base);
         let path = self.cache.join("checks").join(decoding.name()).join(format!("{}.jsonl", run.key()));
         let mut records = read_records(&path)?;
@@ -177,20 +186,35 @@ impl Engine {
         let tops = teacher_forced_top_k(&pinned.model, prompt_tokens, &tokens, &spec.sampling, spec.logged_k)?;
         let mut pairs = Vec::new();
         for pair in run.pairs {
-            let made = match pair.output {
-                Output::Direct => artifact.clone(),
+            let sign = |proof: Generated, request: Request| -> anyhow::Result<Artifact> {
+                Ok(proof.body(spec, self.miner.public(), request, 0)?.sign(&self.miner))
+            };
+            let (made, validator_tops, replaced_tokens) = match pair.output {
+                Output::Direct => (artifact.clone(), None, None),
                 Output::Prefill => {
                     let proof = prefill_proof(&tops, prompt_tokens, &tokens, body.finish_reason, &spec.sampling);
-                    proof.body(spec, self.miner.public(), body.request.clone(), 0)?.sign(&self.miner)
+                    (sign(proof, body.request.clone())?, None, None)
+                }
+                Output::RepairedPrefill => {
+                    let seed: [u8; 32] = Sha256::digest(format!("poi/experiment/repair/{}", prompt.id)).into();
+                    let mut rng = rand::rngs::StdRng::from_seed(seed);
+                    let cheap = &self.runtime(run.miner)?.model;
+                    let draft = (&tokens[..], body.finish_reason);
+                    let repaired =
+                        repaired_prefill(&pinned.model, cheap, prompt_tokens, draft, self.max_tokens, spec, &mut rng)?;
+                    (sign(repaired.proof, body.request.clone())?, Some(repaired.tops), Some(repaired.replaced))
                 }
             };
-            let report = compare(NATIVE.to_string(), &logged_top(&made), &tops, &spec.thresholds);
+            // A repaired proof is over other tokens: the validator's pass is
+            // the attacker's last one.
+            let validator_tops = validator_tops.as_ref().unwrap_or(&tops);
+            let report = compare(NATIVE.to_string(), &logged_top(&made), validator_tops, &spec.thresholds);
             let max_position_distance = report.positions.iter().map(|p| p.distance).fold(0.0, f64::max);
             // Replay and surprisal matter for artifacts that claim the
             // pinned model's distributions: honest ones (false positives)
             // and pre-fill proofs (detection).
             let prefixes = match pair.output {
-                Output::Prefill => self.prefixes(checker, &made)?,
+                Output::Prefill | Output::RepairedPrefill => self.prefixes(checker, &made)?,
                 Output::Direct if run.miner == NATIVE && run.validator_threads.is_none() => {
                     self.prefixes(checker, &made)?
                 }
@@ -202,6 +226,7 @@ impl Engine {
                 match_ratio: report.match_ratio,
                 max_position_distance,
                 prefixes,
+                replaced_tokens,
             });
         }
         Ok(RunRecord { id: prompt.id.clone(), kind: prompt.kind.clone(), tokens: tokens.len(), pairs })
@@ -250,6 +275,20 @@ fn read_records(path: &Path) -> anyhow::Result<HashMap<String, RunRecord>> {
     Ok(records)
 }
 
+/// The first `cap` prompts of each kind, in order.
+fn first_per_kind(prompts: &[Prompt], cap: usize) -> Vec<Prompt> {
+    let mut taken: HashMap<&str, usize> = HashMap::new();
+    prompts
+        .iter()
+        .filter(|p| {
+            let count = taken.entry(&p.kind).or_default();
+            *count += 1;
+            *count <= cap
+        })
+        .cloned()
+        .collect()
+}
+
 /// Prompts from a JSON-lines file, at most `per_kind` of each kind (in file
 /// order), ids unique.
 pub fn load_prompts(path: Option<&Path>, per_kind: usize) -> anyhow::Result<Vec<Prompt>> {
@@ -258,18 +297,14 @@ pub fn load_prompts(path: Option<&Path>, per_kind: usize) -> anyhow::Result<Vec<
         None => include_str!("prompts.jsonl").to_string(),
     };
     let mut seen = HashSet::new();
-    let mut taken: HashMap<String, usize> = HashMap::new();
     let mut prompts = Vec::new();
     for (line_number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let prompt: Prompt = serde_json::from_str(line)
             .with_context(|| format!("prompts line {}: expected {{id, kind, prompt}}", line_number + 1))?;
         anyhow::ensure!(seen.insert(prompt.id.clone()), "prompts line {}: duplicate id {}", line_number + 1, prompt.id);
-        let count = taken.entry(prompt.kind.clone()).or_default();
-        if *count < per_kind {
-            *count += 1;
-            prompts.push(prompt);
-        }
+        prompts.push(prompt);
     }
+    let prompts = first_per_kind(&prompts, per_kind);
     anyhow::ensure!(!prompts.is_empty(), "no prompts");
     Ok(prompts)
 }
