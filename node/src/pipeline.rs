@@ -48,7 +48,8 @@ impl IngestError {
             Self::Store(_) => false,
             Self::OutsideWindow { age_ms, max_age_ms, max_ahead_ms } => {
                 let grace = RELAY_GRACE.as_millis() as i64;
-                *age_ms > *max_age_ms as i64 + grace || -*age_ms > *max_ahead_ms as i64 + grace
+                *age_ms > (*max_age_ms as i64).saturating_add(grace)
+                    || -*age_ms > (*max_ahead_ms as i64).saturating_add(grace)
             }
             _ => true,
         }
