@@ -157,7 +157,7 @@ async fn measure(
         .collect::<Result<_, _>>()?;
     let started = Instant::now();
     let submitted_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let queue = Arc::new(Mutex::new(artifacts.to_vec().into_iter().enumerate()));
+    let queue = Arc::new(Mutex::new(Vec::from(artifacts).into_iter().enumerate()));
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
         let (queue, clients, submitted_at) = (queue.clone(), clients.clone(), submitted_at.clone());

@@ -39,11 +39,10 @@ pub fn repaired_prefill(
     let eos = pinned.config().eos_token_id;
     let (mut tokens, mut finish_reason) = (draft.0.to_vec(), draft.1);
     let mut sampler = Sampler::new();
-    let mut replaced = 0;
-    // Every pass but the last fixes one more position for good (its prefix
-    // no longer changes, so its draw stays sampleable).
+    // Every pass but the last replaces one token and fixes its position for
+    // good (its prefix no longer changes, so its draw stays sampleable).
     let passes = max_tokens + 1;
-    for _ in 0..passes {
+    for replaced in 0..passes {
         let tops = teacher_forced_top_k(pinned, prompt, &tokens, params, spec.logged_k)?;
         let proof = prefill_proof(&tops, prompt, &tokens, finish_reason, params);
         let mut history = History::new(prompt);
@@ -59,7 +58,6 @@ pub fn repaired_prefill(
             history.push(tokens[position]);
         }
         let Some((position, token)) = unsampleable else { return Ok(Repaired { proof, tops, replaced }) };
-        replaced += 1;
         tokens.truncate(position);
         tokens.push(token);
         finish_reason = if token == eos { FinishReason::Eos } else { FinishReason::MaxTokens };
