@@ -117,7 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let pairs = report::pair_rows(&data, chain, &recommended);
     let prefixes = report::prefix_rows(&data, chain.max_surprisal_z);
     let goals = report::goals(&pairs, &prefixes);
-    let findings = report::Findings::new(&pairs, &prefixes);
+    let findings = report::Findings::new(&pairs, &prefixes, &recommended);
     let results_dir = args.out.join("results");
     std::fs::create_dir_all(&results_dir).with_context(|| format!("creating {}", results_dir.display()))?;
     let plots = plots(&data, &results_dir, chain.max_distance2, recommended.max_distance2)?;

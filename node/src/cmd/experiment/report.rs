@@ -329,20 +329,24 @@ pub struct Findings {
     /// The surprisal test at N = 128 passes more than 1 % of the adaptive
     /// attacker's artifacts.
     pub adaptive_evades_surprisal: bool,
+    /// The adaptive attacker's median z at N = 128 is within the largest
+    /// honest z there.
+    pub adaptive_median_within_honest: bool,
 }
 
 impl Findings {
-    pub fn new(rows: &[PairRow], prefixes: &[PrefixRow]) -> Self {
+    pub fn new(rows: &[PairRow], prefixes: &[PrefixRow], recommended: &Recommended) -> Self {
         let fraud = rows.iter().filter(|r| matches!(r.class, Class::NumericsSwap | Class::CheaperModel));
         let prefill = prefixes.iter().filter(|p| p.class == Class::Prefill && p.surprisal_rejected.is_some());
+        let adaptive = || prefixes.iter().filter(|p| p.class == Class::AdaptivePrefill && p.n == 128);
+        let honest_max_z = recommended.honest_max_z.iter().find(|(n, _)| *n == 128).and_then(|(_, z)| *z);
         Self {
             fraud_separated: fraud.clone().count() > 0 && fraud.into_iter().all(|r| r.auc_distance2 == Some(1.0)),
             prefill_rejected_by_kept_set_alone: prefill.clone().count() > 0
                 && prefill.into_iter().all(|p| p.surprisal_rejected == p.outside_kept_set),
-            adaptive_evades_surprisal: prefixes
-                .iter()
-                .filter(|p| p.class == Class::AdaptivePrefill && p.n == 128)
-                .any(|p| p.surprisal_rejected.is_some_and(|r| r < 0.99)),
+            adaptive_evades_surprisal: adaptive().any(|p| p.surprisal_rejected.is_some_and(|r| r < 0.99)),
+            adaptive_median_within_honest: adaptive().count() > 0
+                && adaptive().all(|p| p.median_z.zip(honest_max_z).is_some_and(|(m, h)| m <= h)),
         }
     }
 }
