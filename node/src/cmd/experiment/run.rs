@@ -186,14 +186,14 @@ impl Engine {
         let tops = teacher_forced_top_k(&pinned.model, prompt_tokens, &tokens, &spec.sampling, spec.logged_k)?;
         let mut pairs = Vec::new();
         for pair in run.pairs {
-            let sign = |proof: Generated, request: Request| -> anyhow::Result<Artifact> {
-                Ok(proof.body(spec, self.miner.public(), request, 0)?.sign(&self.miner))
+            let sign = |proof: Generated| -> anyhow::Result<Artifact> {
+                Ok(proof.body(spec, self.miner.public(), body.request.clone(), 0)?.sign(&self.miner))
             };
             let (made, validator_tops, replaced_tokens) = match pair.output {
                 Output::Direct => (artifact.clone(), None, None),
                 Output::Prefill => {
                     let proof = prefill_proof(&tops, prompt_tokens, &tokens, body.finish_reason, &spec.sampling);
-                    (sign(proof, body.request.clone())?, None, None)
+                    (sign(proof)?, None, None)
                 }
                 Output::RepairedPrefill => {
                     let seed: [u8; 32] = Sha256::digest(format!("poi/experiment/repair/{}", prompt.id)).into();
@@ -202,7 +202,7 @@ impl Engine {
                     let draft = (&tokens[..], body.finish_reason);
                     let repaired =
                         repaired_prefill(&pinned.model, cheap, prompt_tokens, draft, self.max_tokens, spec, &mut rng)?;
-                    (sign(repaired.proof, body.request.clone())?, Some(repaired.tops), Some(repaired.replaced))
+                    (sign(repaired.proof)?, Some(repaired.tops), Some(repaired.replaced))
                 }
             };
             // A repaired proof is over other tokens: the validator's pass is
