@@ -385,6 +385,8 @@ async fn artifacts_outside_the_admission_window_are_refused_at_the_edges_but_syn
     a.dial(b.dial_addr()).await;
     assert!(eventually(Duration::from_secs(20), || stored(&a, &far_past.artifact.id())).await, "sync is exempt");
     assert_eq!(outside(&a, "sync"), 0);
+    // Once stored, the old artifact sent again is a duplicate, not a refusal.
+    assert!(!submit(&a, &far_past.bytes).await.stored);
     // What a had stored before the refusals is unchanged.
     assert_eq!(a.pipeline.store().artifact_bytes(&fresh.artifact.id()).unwrap().as_deref(), Some(&fresh.bytes[..]));
     assert_eq!(a.pipeline.store().verdict(&fresh.artifact.id()).unwrap().unwrap(), fresh_verdict);
