@@ -25,6 +25,8 @@ use poi_verifier::simulate::{build, forged, Chooser};
 use rayon::prelude::*;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::stats::quantile;
+
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long, default_value_t = 5)]
@@ -47,7 +49,7 @@ pub struct Args {
 struct Figures {
     submit_seconds: f64,
     seconds: f64,
-    /// Submit to stored on every node, per artifact stored everywhere, sorted.
+    /// Submit to stored on every node, per artifact stored everywhere.
     latencies: Vec<f64>,
     lagged: u64,
     /// With a flood: forged artifacts that reached node 0's replay check,
@@ -182,12 +184,11 @@ async fn measure(
     }
     let map = stored_at.lock().expect("map").clone();
     let submitted = submitted_at.lock().expect("map").clone();
-    let mut latencies: Vec<f64> = map
+    let latencies: Vec<f64> = map
         .iter()
         .filter(|(_, (n, _))| *n == nodes.len())
         .filter_map(|(id, (_, at))| submitted.get(id).map(|s| at.duration_since(*s).as_secs_f64()))
         .collect();
-    latencies.sort_by(f64::total_cmp);
     let last = map.values().filter(|(n, _)| *n == nodes.len()).map(|(_, at)| *at).max().unwrap_or(started);
     let seconds = last.duration_since(started).as_secs_f64();
     let flood = match flooder {
@@ -240,12 +241,7 @@ async fn start_flood(
 
 fn report(indent: &str, figures: &Figures, artifacts: usize) {
     let latencies = &figures.latencies;
-    let quantile = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let at = |q: f64| quantile(latencies, q).unwrap_or(f64::NAN);
     println!("{indent}stored on every node       {}", latencies.len());
     println!(
         "{indent}submit phase               {:.2} s ({:.0} artifacts/s accepted by RPC)",
@@ -255,9 +251,9 @@ fn report(indent: &str, figures: &Figures, artifacts: usize) {
     println!("{indent}sustained, stored everywhere {:.0} artifacts/s ({:.2} s)", figures.throughput(), figures.seconds);
     println!(
         "{indent}submit → stored everywhere p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        quantile(0.5) * 1e3,
-        quantile(0.99) * 1e3,
-        latencies.last().copied().unwrap_or(f64::NAN) * 1e3
+        at(0.5) * 1e3,
+        at(0.99) * 1e3,
+        at(1.0) * 1e3
     );
     if figures.lagged > 0 {
         println!("{indent}verdict feed lagged        {} events (those artifacts are not timed)", figures.lagged);

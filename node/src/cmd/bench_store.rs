@@ -12,6 +12,8 @@ use poi_chain_spec::ChainSpec;
 use poi_node::store::Store;
 use poi_verifier::simulate::{build, Chooser};
 
+use super::stats::quantile;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Artifacts written in each mode.
@@ -52,8 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             latencies.push(write.elapsed().as_secs_f64() * 1e3);
         }
         let rate = artifacts.len() as f64 / started.elapsed().as_secs_f64();
-        latencies.sort_by(f64::total_cmp);
-        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+        let at = |q: f64| quantile(&latencies, q).unwrap_or(f64::NAN);
         println!(
             "  {name:32} {rate:8.0} artifacts/s   p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
             at(0.5),

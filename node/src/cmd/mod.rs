@@ -10,6 +10,7 @@ pub mod keys;
 pub mod mine;
 pub mod model;
 pub mod node;
+pub mod stats;
 pub mod verify;
 
 use std::path::Path;

@@ -8,7 +8,6 @@ mod matrix;
 mod plot;
 mod report;
 mod run;
-mod stats;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

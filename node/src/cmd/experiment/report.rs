@@ -11,7 +11,7 @@ use poi_verifier::full_check::rejection;
 
 use super::matrix::{Class, Decoding, Pair, PREFIX_LENGTHS};
 use super::run::PairRecord;
-use super::stats::{auc, quantile, rate, zero_failure_bound};
+use crate::cmd::stats::{auc, quantile, rate, zero_failure_bound};
 
 /// The recommended `max_distance2` is the honest quantile at the
 /// false-positive target times this margin, for machines and inputs the

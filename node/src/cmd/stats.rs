@@ -1,4 +1,4 @@
-//! Summary statistics over per-artifact scores.
+//! Summary statistics over per-artifact scores and latencies.
 
 /// The `q`-quantile (0..=1) by linear interpolation; `None` when empty.
 pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
