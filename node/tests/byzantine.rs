@@ -4,6 +4,8 @@
 //! the artifact's miner is the honest one), so the test is about votes and
 //! the verdict rule over a real network, not about the model.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -14,10 +16,9 @@ use poi_artifact::{Artifact, ArtifactId, Keypair, PublicKey, Verdict, Vote, Vote
 use poi_chain_spec::{devnet_keypair, ChainSpec};
 use poi_node::metrics::SourceLabel;
 use poi_node::net::join_as_outsider;
-use poi_node::pipeline::Admission;
 use poi_node::rpc::SubmitResult;
 use poi_node::scheduler::FullChecker;
-use poi_node::service::{start, NodeConfig, NodeHandle};
+use poi_node::service::{start, NodeHandle};
 use poi_verifier::simulate::{body_with, build, miner, Chooser};
 
 struct Judge {
@@ -48,12 +49,8 @@ async fn a_minority_voting_wrongly_does_not_change_any_verdict() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes: Vec<NodeHandle> = Vec::new();
     for i in 0..VALIDATORS {
-        let mut config = NodeConfig::new(spec.clone(), devnet_keypair(i), dir.path().join(format!("node{i}")));
-        // Fixture artifacts carry fixed, long-past creation times.
-        config.admission = Admission::ANY_AGE;
-        config.bootnodes = nodes.iter().map(NodeHandle::dial_addr).collect();
+        let mut config = common::node_config(&spec, i, dir.path(), &nodes);
         config.checker = Some(std::sync::Arc::new(Judge { honest_miner: miner().public(), lies: i == LIAR }));
-        config.sync_interval = Duration::from_millis(300);
         nodes.push(start(config).await.unwrap());
     }
 
@@ -120,12 +117,7 @@ async fn equivocating_and_unproven_votes_over_gossip_count_for_nothing() {
     // validator 3's key is in the hands of the misbehaving peer.
     let mut nodes: Vec<NodeHandle> = Vec::new();
     for i in 0..3 {
-        let mut config = NodeConfig::new(spec.clone(), devnet_keypair(i), dir.path().join(format!("node{i}")));
-        // Fixture artifacts carry fixed, long-past creation times.
-        config.admission = Admission::ANY_AGE;
-        config.bootnodes = nodes.iter().map(NodeHandle::dial_addr).collect();
-        config.sync_interval = Duration::from_millis(300);
-        nodes.push(start(config).await.unwrap());
+        nodes.push(start(common::node_config(&spec, i, dir.path(), &nodes)).await.unwrap());
     }
     let built = build(&spec, 16, 4242, Chooser::Seeded);
     let id = built.artifact.id();

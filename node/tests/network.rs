@@ -1,6 +1,8 @@
 //! Multi-node tests: real nodes in this process on 127.0.0.1 (libp2p over
 //! TCP, RocksDB, JSON-RPC over HTTP), and the real model where votes matter.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,12 +21,7 @@ use poi_verifier::runtime::{default_model_path, Runtime};
 use poi_verifier::simulate::{build, build_at, forged, Chooser};
 
 async fn node(spec: &ChainSpec, index: u32, dir: &std::path::Path, bootnodes: &[&NodeHandle]) -> NodeHandle {
-    let mut config = NodeConfig::new(spec.clone(), devnet_keypair(index), dir.join(format!("node{index}")));
-    // Fixture artifacts carry fixed, long-past creation times.
-    config.admission = Admission::ANY_AGE;
-    config.bootnodes = bootnodes.iter().map(|n| n.dial_addr()).collect();
-    config.sync_interval = Duration::from_millis(300);
-    start(config).await.unwrap()
+    start(common::node_config(spec, index, dir, bootnodes.iter().copied())).await.unwrap()
 }
 
 async fn submit(node: &NodeHandle, bytes: &[u8]) -> SubmitResult {
@@ -166,8 +163,7 @@ async fn a_partitioned_network_keeps_working_and_converges_after_healing() {
 async fn invalid_gossip_is_not_forwarded_and_its_sender_is_penalised() {
     let spec = ChainSpec::local_devnet(2, 0.25).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = NodeConfig::new(spec.clone(), devnet_keypair(0), dir.path().join("node0"));
-    config.admission = Admission::ANY_AGE;
+    let mut config = common::node_config(&spec, 0, dir.path(), []);
     config.metrics = Some("127.0.0.1:0".parse().unwrap());
     let a = start(config).await.unwrap();
     let b = node(&spec, 1, dir.path(), &[&a]).await;
@@ -281,11 +277,8 @@ async fn votes_from_the_real_model_converge_to_one_verdict_on_every_node() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes: Vec<NodeHandle> = Vec::new();
     for i in 0..3 {
-        let mut config = NodeConfig::new(spec.clone(), devnet_keypair(i), dir.path().join(format!("node{i}")));
-        config.admission = Admission::ANY_AGE;
-        config.bootnodes = nodes.iter().map(NodeHandle::dial_addr).collect();
+        let mut config = common::node_config(&spec, i, dir.path(), &nodes);
         config.checker = Some(checker.clone());
-        config.sync_interval = Duration::from_millis(300);
         nodes.push(start(config).await.unwrap());
     }
     // Synthetic distributions are not the model's: every full check rejects.
