@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """llama.cpp's prompt processing and generation speed on a GGUF, printed as one
-JSON object for `poi bench model --llama-cpp`.
+JSON object for `poi-lab bench model --llama-cpp`.
 
 Usage: pip install llama-cpp-python
        scripts/bench-llama-cpp.py MODEL.gguf --prefill N --generate M [--threads T]

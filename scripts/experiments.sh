@@ -4,7 +4,7 @@
 # Generated artifacts and check results are cached (default
 # ~/.cache/poi/experiments), so an interrupted run resumes; `--fresh` deletes
 # the cache first and recomputes everything. Other arguments go to
-# `poi experiment` (see `poi experiment --help`), e.g. `--per-kind 10`.
+# `poi-lab experiment` (see `poi-lab experiment --help`), e.g. `--per-kind 10`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${POI_EXPERIMENT_CACHE:-$HOME/.cache/poi/experiments}"
@@ -13,4 +13,4 @@ if [[ "${1:-}" == "--fresh" ]]; then
   rm -rf "$cache"
 fi
 scripts/fetch-model.sh >/dev/null
-cargo run --release --locked -p poi-node -- experiment --cache "$cache" --out docs "$@"
+cargo run --release --locked -p poi-lab -- experiment --cache "$cache" --out docs "$@"

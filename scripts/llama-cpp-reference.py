@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes verifier/tests/data/llama-cpp-reference.json from llama.cpp and the
+"""Writes verifier/model/tests/data/llama-cpp-reference.json from llama.cpp and the
 pinned GGUF: the tokenization of fixed texts (our tokenizer must match it) and
 a greedy continuation of a chat prompt (our forward pass must reproduce it).
 
@@ -38,7 +38,7 @@ for token in llm.generate(prompt, temp=0.0, repeat_penalty=1.0, top_k=1):
     greedy.append(token)
     if len(greedy) == 32 or token == llm.token_eos():
         break
-out = os.path.join(os.path.dirname(__file__), "..", "verifier", "tests", "data", "llama-cpp-reference.json")
+out = os.path.join(os.path.dirname(__file__), "..", "verifier", "model", "tests", "data", "llama-cpp-reference.json")
 with open(out, "w") as f:
     json.dump({"generator": f"llama-cpp-python {llama_cpp.__version__}", "cases": cases,
                "greedy": {"prompt": prompt, "tokens": greedy}}, f, indent=1, ensure_ascii=False)

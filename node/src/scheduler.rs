@@ -7,14 +7,15 @@ use std::collections::HashSet;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
-use poi_artifact::{Artifact, ArtifactId, Keypair, Signature, Verdict, Vote, VoteBody, VoteFigures};
+use poi_artifact::{Artifact, ArtifactId, Keypair, Signature, Verdict, Vote, VoteBody, VoteFigures, SELECT_DOMAIN};
 use poi_chain_spec::{ChainSpec, Thresholds};
-use poi_verifier::runtime::Runtime;
+use poi_model::runtime::Runtime;
+use poi_verifier::verdict::{committee, is_selected, Status};
 use poi_verifier::ReplayChecker;
 use tokio::sync::mpsc;
 
+use crate::clock::now_ms;
 use crate::metrics::{Metrics, OutcomeLabel};
-use crate::pipeline::now_ms;
 
 /// Re-runs the model over an artifact. Implemented by the real model; the
 /// trait lets a node run without one (relay and store only) and keeps the
@@ -38,7 +39,7 @@ impl ModelChecker {
 
 impl FullChecker for ModelChecker {
     fn check(&self, artifact: &Artifact) -> Result<(Verdict, VoteFigures), String> {
-        let report = poi_verifier::full_check::full_check(&self.runtime.model, artifact, &self.thresholds)
+        let report = poi_model::full_check::full_check(&self.runtime.model, artifact, &self.thresholds)
             .map_err(|e| e.to_string())?;
         // The vote carries the surprisal z too. The replay check (which
         // applies the z limit where it is the test) passed before the
@@ -65,22 +66,64 @@ pub enum CheckReason {
     Committee,
 }
 
-pub struct Job {
+pub struct FullCheckJob {
     pub artifact: Artifact,
     pub selection_proof: Signature,
     pub reason: CheckReason,
 }
 
+/// What the validation pipeline hands full checks to: the scheduler on a
+/// validator, a plain list in tests.
+pub trait FullCheckQueue: Send + Sync {
+    /// Queues the check; refused when the queue is full.
+    fn offer(&self, job: FullCheckJob) -> Result<(), QueueFull>;
+}
+
+/// What made the pipeline ask whether a full check is owed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// The artifact was just stored, with this verdict (votes may have
+    /// arrived before it).
+    Arrived(Status),
+    /// A new vote made the stored artifact disputed.
+    Disputed,
+}
+
+/// Whether validator `key` owes `artifact` a full check, and why: on arrival
+/// its selection proof selects it; on a dispute it sits on the committee and
+/// has not voted yet. Pure: the pipeline asks, the queue runs it.
+pub fn duty(
+    spec: &ChainSpec,
+    key: &Keypair,
+    artifact: &Artifact,
+    trigger: Trigger,
+    has_voted: impl FnOnce() -> bool,
+) -> Option<FullCheckJob> {
+    let id = artifact.id();
+    let proof = key.sign(SELECT_DOMAIN, &id);
+    let selected = matches!(trigger, Trigger::Arrived(_)) && is_selected(&key.public(), &id, &proof, spec.full_check_rate);
+    let disputed = matches!(trigger, Trigger::Disputed | Trigger::Arrived(Status::Disputed));
+    let reason = if selected {
+        CheckReason::Selected
+    } else if disputed && committee(spec, &id).contains(&key.public()) && !has_voted() {
+        CheckReason::Committee
+    } else {
+        return None;
+    };
+    Some(FullCheckJob { artifact: artifact.clone(), selection_proof: proof, reason })
+}
+
 /// The sending side; cheap to clone.
 #[derive(Clone)]
 pub struct Scheduler {
-    jobs: SyncSender<Job>,
+    jobs: SyncSender<FullCheckJob>,
     /// Queued or running artifacts: a validator never checks one twice, so
     /// it can never sign two different votes for it.
     pending: Arc<Mutex<HashSet<ArtifactId>>>,
     metrics: Arc<Metrics>,
 }
 
+#[derive(Debug)]
 pub struct QueueFull;
 
 impl Scheduler {
@@ -116,7 +159,10 @@ impl Scheduler {
         Self { jobs, pending, metrics }
     }
 
-    pub fn try_submit(&self, job: Job) -> Result<(), QueueFull> {
+}
+
+impl FullCheckQueue for Scheduler {
+    fn offer(&self, job: FullCheckJob) -> Result<(), QueueFull> {
         let id = job.artifact.id();
         if !self.pending.lock().expect("pending set").insert(id) {
             return Ok(());
@@ -135,7 +181,7 @@ impl Scheduler {
 }
 
 struct Worker {
-    jobs: Arc<Mutex<Receiver<Job>>>,
+    jobs: Arc<Mutex<Receiver<FullCheckJob>>>,
     checker: Arc<dyn FullChecker>,
     key: Arc<Keypair>,
     chain_id: poi_artifact::ChainId,
@@ -179,6 +225,54 @@ impl Worker {
                 }
             }
             self.pending.lock().expect("pending set").remove(&id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use poi_chain_spec::devnet_keypair;
+    use poi_verifier::simulate::{build, Chooser};
+
+    use super::*;
+
+    fn spec(rate: f64) -> ChainSpec {
+        let mut spec = ChainSpec::devnet();
+        spec.full_check_rate = rate;
+        spec
+    }
+
+    #[test]
+    fn a_selected_validator_checks_on_arrival_and_only_then() {
+        let (spec, key) = (spec(1.0), devnet_keypair(0));
+        let artifact = build(&spec, 8, 1, Chooser::Seeded).artifact;
+        let job = duty(&spec, &key, &artifact, Trigger::Arrived(Status::AcceptedReplayOnly), || false).unwrap();
+        assert_eq!(job.reason, CheckReason::Selected);
+        assert_eq!(job.selection_proof, key.sign(SELECT_DOMAIN, &artifact.id()));
+        assert!(is_selected(&key.public(), &artifact.id(), &job.selection_proof, spec.full_check_rate));
+        assert!(
+            duty(&spec, &key, &artifact, Trigger::Disputed, || true).is_none(),
+            "a dispute does not make a validator that voted check again"
+        );
+    }
+
+    #[test]
+    fn a_dispute_calls_committee_members_that_have_not_voted() {
+        let spec = spec(0.0);
+        let artifact = build(&spec, 8, 2, Chooser::Seeded).artifact;
+        let members = committee(&spec, &artifact.id());
+        let (member, other) = (0..4).map(devnet_keypair).partition::<Vec<_>, _>(|k| members.contains(&k.public()));
+        assert!(!member.is_empty());
+        for key in &member {
+            assert!(duty(&spec, key, &artifact, Trigger::Arrived(Status::Accepted), || false).is_none());
+            let job = duty(&spec, key, &artifact, Trigger::Disputed, || false).unwrap();
+            assert_eq!(job.reason, CheckReason::Committee);
+            let job = duty(&spec, key, &artifact, Trigger::Arrived(Status::Disputed), || false).unwrap();
+            assert_eq!(job.reason, CheckReason::Committee, "votes that came first disputed it");
+            assert!(duty(&spec, key, &artifact, Trigger::Disputed, || true).is_none(), "voted already");
+        }
+        for key in &other {
+            assert!(duty(&spec, key, &artifact, Trigger::Disputed, || false).is_none());
         }
     }
 }

@@ -1,13 +1,13 @@
-//! The full distribution check (DESIGN §5): re-run the pinned model over the
-//! artifact's tokens and compare its top-k with what the miner logged.
+//! The full distribution check's comparison (DESIGN §5): the miner's logged
+//! top-k against the validator's own lists for the same tokens. Running the
+//! model that produces the validator's lists is `poi_model::full_check`.
 
 use poi_artifact::Artifact;
 use poi_chain_spec::Thresholds;
 use serde::Serialize;
 
 use crate::distance::{distance2, position_distance, TopLogprobs};
-use crate::generate::teacher_forced_top_k;
-use crate::model::{Llama, ModelError, TopCandidate};
+use crate::topk::TopCandidate;
 
 /// One generated position, for reports.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -31,17 +31,6 @@ pub struct FullCheckReport {
     /// Why not, when not accepted.
     pub reason: Option<String>,
     pub positions: Vec<PositionDetail>,
-}
-
-/// Runs the check with `model` (whose profile the report names) against the
-/// chain's thresholds. The artifact should have passed the replay check: this
-/// looks only at the distributions.
-pub fn full_check(model: &Llama, artifact: &Artifact, thresholds: &Thresholds) -> Result<FullCheckReport, ModelError> {
-    let body = &artifact.body;
-    let prompt = &body.request.prompt_tokens;
-    let generated = body.generation.chosen_tokens();
-    let validator = teacher_forced_top_k(model, prompt, &generated, &body.sampling, body.generation.k())?;
-    Ok(compare(model.profile().id.clone(), &logged_top(artifact), &validator, thresholds))
 }
 
 /// The miner's logged candidates per position, as `distance2` takes them.

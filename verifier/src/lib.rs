@@ -1,18 +1,16 @@
-//! poi's checks (DESIGN §4, §5): sampler v1, the replay check every peer runs,
-//! `distance2` and the match ratio, and the surprisal test. No networking or
-//! storage here.
+//! poi's pure checks (DESIGN §4, §5, §6): sampler v1, the replay check every
+//! peer runs, the full check's comparison of logged and validator lists with
+//! `distance2` and the match ratio, the surprisal test, and the verdict rule.
+//! No networking, storage or model runtime here: the fuzz targets and the
+//! replay benchmark link only this.
 
-pub mod chat;
 pub mod distance;
 pub mod full_check;
-pub mod generate;
-pub mod model;
 pub mod replay;
-pub mod runtime;
 pub mod sampler;
 pub mod simulate;
 pub mod surprisal;
-pub mod tokenizer;
+pub mod topk;
 pub mod verdict;
 
 pub use distance::{distance2, TopLogprobs};

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 
 use poi_artifact::{sha256, ArtifactId, PublicKey, Verdict, Vote, SELECT_DOMAIN};
 use poi_chain_spec::ChainSpec;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 const COMMITTEE_DOMAIN: &[u8] = b"poi/committee/v1";
@@ -74,6 +74,8 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Status; 4] = [Self::AcceptedReplayOnly, Self::Accepted, Self::Disputed, Self::Rejected];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::AcceptedReplayOnly => "accepted-replay-only",
@@ -81,6 +83,32 @@ impl Status {
             Self::Disputed => "disputed",
             Self::Rejected => "rejected",
         }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|known| known.as_str() == text).ok_or_else(|| {
+            let known: Vec<&str> = Self::ALL.iter().map(|s| s.as_str()).collect();
+            format!("unknown status {text:?}; one of {}", known.join(", "))
+        })
+    }
+}
+
+/// By name, with an error that lists the known names (RPC filters, stored
+/// verdicts).
+impl<'de> Deserialize<'de> for Status {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

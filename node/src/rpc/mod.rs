@@ -7,24 +7,25 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use jsonrpsee::core::{async_trait, RpcResult, SubscriptionResult};
-use jsonrpsee::proc_macros::rpc;
+use jsonrpsee::core::{async_trait, SubscriptionResult};
 use jsonrpsee::server::middleware::rpc::RpcServiceBuilder;
 use jsonrpsee::server::{BatchRequestConfig, Server, ServerHandle};
 use jsonrpsee::types::ErrorObjectOwned;
 use jsonrpsee::PendingSubscriptionSink;
 use poi_artifact::json::VoteJson;
 use poi_artifact::{ArtifactId, PublicKey};
-use poi_verifier::verdict::Status;
-use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use poi_rpc_api::error_code::REJECTED;
+use poi_rpc_api::{
+    HistoryFilter, HistoryPage, NodeStatus, PeerInfo, PoiApiServer, RpcResult, SubmitResult, VerdictView,
+};
+use tokio::sync::broadcast;
 
+use crate::network::{NetworkClient, Topic};
 use crate::pipeline::{IngestError, Pipeline, Source};
-use crate::service::{Command, PeerInfo};
 use crate::store::{HistoryQuery, VerdictRecord};
 
 mod rate_limit;
-pub use rate_limit::{RpcLimits, RATE_LIMITED};
+pub use rate_limit::RpcLimits;
 
 /// Requests above this are refused before parsing (an artifact is at most
 /// the chain's `max_artifact_bytes`, twice that in hex).
@@ -34,81 +35,29 @@ pub const MAX_CONNECTIONS: u32 = 128;
 pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: u32 = 16;
 
 const INVALID_PARAMS: i32 = -32602;
-const REJECTED: i32 = 1;
 const INTERNAL: i32 = -32603;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SubmitResult {
-    pub artifact_id: String,
-    /// False when the artifact was already stored.
-    pub stored: bool,
-    pub verdict: VerdictRecord,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HistoryFilter {
-    pub miner: Option<String>,
-    /// Only artifacts with a counted vote from this validator.
-    pub validator: Option<String>,
-    pub status: Option<String>,
-    pub from_ms: Option<u64>,
-    pub to_ms: Option<u64>,
-    pub cursor: Option<String>,
-    pub limit: Option<usize>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct HistoryPage {
-    pub rows: Vec<VerdictRecord>,
-    /// Pass back as `cursor` for the next page; absent at the end.
-    pub next_cursor: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct NodeStatus {
-    pub chain: String,
-    pub chain_id: String,
-    pub version: String,
-    pub artifacts_estimate: u64,
-    /// Connected peers; absent when the node runs without networking.
-    pub peers: Option<usize>,
-}
-
-#[rpc(server, namespace = "poi")]
-pub trait PoiApi {
-    /// Canonical artifact bytes as hex. Runs the replay check; stores the
-    /// artifact only if it passes.
-    #[method(name = "submitArtifact")]
-    async fn submit_artifact(&self, artifact_hex: String) -> RpcResult<SubmitResult>;
-    /// The artifact's JSON view.
-    #[method(name = "getArtifact")]
-    async fn get_artifact(&self, artifact_id: String) -> RpcResult<Option<serde_json::Value>>;
-    #[method(name = "getVerdict")]
-    async fn get_verdict(&self, artifact_id: String) -> RpcResult<Option<VerdictRecord>>;
-    /// Every stored signed vote about the artifact, so a client can recompute
-    /// the verdict itself.
-    #[method(name = "getVotes")]
-    async fn get_votes(&self, artifact_id: String) -> RpcResult<Vec<VoteJson>>;
-    #[method(name = "verdictHistory")]
-    async fn verdict_history(&self, filter: Option<HistoryFilter>) -> RpcResult<HistoryPage>;
-    #[method(name = "status")]
-    async fn status(&self) -> RpcResult<NodeStatus>;
-    /// Connected peers and their gossip scores.
-    #[method(name = "peers")]
-    async fn peers(&self) -> RpcResult<Vec<PeerInfo>>;
-    #[subscription(name = "subscribeVerdicts" => "verdict", unsubscribe = "unsubscribeVerdicts", item = VerdictRecord)]
-    async fn subscribe_verdicts(&self) -> SubscriptionResult;
+fn view(record: VerdictRecord) -> VerdictView {
+    VerdictView {
+        artifact_id: record.artifact_id,
+        miner: record.miner,
+        status: record.status,
+        counted_votes: record.counted_votes,
+        voters: record.voters,
+        equivocators: record.equivocators,
+        received_at_ms: record.received_at_ms,
+        updated_at_ms: record.updated_at_ms,
+    }
 }
 
 pub struct Rpc {
     pipeline: Arc<Pipeline>,
-    /// The event loop, to gossip accepted artifacts; absent without networking.
-    net: Option<mpsc::Sender<Command>>,
+    /// To gossip accepted artifacts; absent without networking.
+    net: Option<NetworkClient>,
 }
 
 impl Rpc {
-    pub fn new(pipeline: Arc<Pipeline>, net: Option<mpsc::Sender<Command>>) -> Self {
+    pub fn new(pipeline: Arc<Pipeline>, net: Option<NetworkClient>) -> Self {
         Self { pipeline, net }
     }
 
@@ -149,10 +98,13 @@ impl PoiApiServer for Rpc {
             .await?;
         if ingested.new {
             if let Some(net) = &self.net {
-                let _ = net.send(Command::Publish { votes: false, bytes }).await;
+                // Stored already: a node that is stopping still answers.
+                if let Err(err) = net.publish(Topic::Artifacts, bytes).await {
+                    tracing::warn!(%err, "gossiping a submitted artifact");
+                }
             }
         }
-        Ok(SubmitResult { artifact_id: ingested.id.to_hex(), stored: ingested.new, verdict: ingested.verdict })
+        Ok(SubmitResult { artifact_id: ingested.id.to_hex(), stored: ingested.new, verdict: view(ingested.verdict) })
     }
 
     async fn get_artifact(&self, artifact_id: String) -> RpcResult<Option<serde_json::Value>> {
@@ -161,9 +113,9 @@ impl PoiApiServer for Rpc {
         artifact.map(|a| serde_json::to_value(a.to_json()).map_err(internal)).transpose()
     }
 
-    async fn get_verdict(&self, artifact_id: String) -> RpcResult<Option<VerdictRecord>> {
+    async fn get_verdict(&self, artifact_id: String) -> RpcResult<Option<VerdictView>> {
         let id = parse_id(&artifact_id)?;
-        self.blocking(move |p| p.store().verdict(&id).map_err(internal)).await
+        Ok(self.blocking(move |p| p.store().verdict(&id).map_err(internal)).await?.map(view))
     }
 
     async fn get_votes(&self, artifact_id: String) -> RpcResult<Vec<VoteJson>> {
@@ -180,15 +132,6 @@ impl PoiApiServer for Rpc {
         };
         let miner = key("miner", filter.miner)?;
         let validator = key("validator", filter.validator)?;
-        let status = filter
-            .status
-            .map(|s| {
-                [Status::AcceptedReplayOnly, Status::Accepted, Status::Disputed, Status::Rejected]
-                    .into_iter()
-                    .find(|known| known.as_str() == s)
-                    .ok_or_else(|| error(INVALID_PARAMS, format!("unknown status {s:?}")))
-            })
-            .transpose()?;
         let cursor = filter
             .cursor
             .map(|c| hex::decode(c).map_err(|e| error(INVALID_PARAMS, format!("cursor: {e}"))))
@@ -196,14 +139,14 @@ impl PoiApiServer for Rpc {
         let query = HistoryQuery {
             miner,
             validator,
-            status,
+            status: filter.status,
             from_ms: filter.from_ms,
             to_ms: filter.to_ms,
             cursor,
             limit: filter.limit.unwrap_or(100),
         };
         let (rows, next) = self.blocking(move |p| p.store().history(&query).map_err(internal)).await?;
-        Ok(HistoryPage { rows, next_cursor: next.map(hex::encode) })
+        Ok(HistoryPage { rows: rows.into_iter().map(view).collect(), next_cursor: next.map(hex::encode) })
     }
 
     async fn status(&self) -> RpcResult<NodeStatus> {
@@ -223,9 +166,8 @@ impl PoiApiServer for Rpc {
 
     async fn peers(&self) -> RpcResult<Vec<PeerInfo>> {
         let Some(net) = &self.net else { return Ok(Vec::new()) };
-        let (reply, answer) = oneshot::channel();
-        net.send(Command::Peers(reply)).await.map_err(|_| internal("the node is stopping"))?;
-        answer.await.map_err(|_| internal("the node is stopping"))
+        let peers = net.peers().await.map_err(internal)?;
+        Ok(peers.into_iter().map(|p| PeerInfo { peer_id: p.peer_id.to_string(), score: p.score }).collect())
     }
 
     async fn subscribe_verdicts(&self, pending: PendingSubscriptionSink) -> SubscriptionResult {
@@ -234,7 +176,7 @@ impl PoiApiServer for Rpc {
         loop {
             match verdicts.recv().await {
                 Ok(record) => {
-                    let message = jsonrpsee::SubscriptionMessage::from_json(&record)?;
+                    let message = jsonrpsee::SubscriptionMessage::from_json(&view(record))?;
                     if sink.send(message).await.is_err() {
                         return Ok(());
                     }

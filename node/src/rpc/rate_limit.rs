@@ -14,10 +14,9 @@ use jsonrpsee::server::middleware::rpc::RpcServiceT;
 use jsonrpsee::server::MethodResponse;
 use jsonrpsee::types::{ErrorObject, Request};
 
-use crate::metrics::Metrics;
+use poi_rpc_api::error_code::RATE_LIMITED;
 
-/// JSON-RPC error code for a refused call (implementation-defined range).
-pub const RATE_LIMITED: i32 = -32029;
+use crate::metrics::Metrics;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RpcLimits {
@@ -25,14 +24,6 @@ pub struct RpcLimits {
     pub node_calls_per_s: Option<u32>,
     /// Calls per second on one WebSocket connection; `None` is unlimited.
     pub connection_calls_per_s: Option<u32>,
-}
-
-impl Default for RpcLimits {
-    /// Well above what honest tooling needs (a replay check costs ~0.1 ms),
-    /// low enough that one client cannot take the node's CPU.
-    fn default() -> Self {
-        Self { node_calls_per_s: Some(2000), connection_calls_per_s: Some(500) }
-    }
 }
 
 #[derive(Debug)]

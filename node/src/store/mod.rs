@@ -1,16 +1,18 @@
 //! The ledger on RocksDB (DESIGN §7): artifacts, votes and verdicts, with
 //! big-endian index keys so that time and miner ranges are plain scans. Every
 //! event is one atomic write batch; RocksDB's write-ahead log makes a write
-//! that returned survive a crash of the process.
+//! that returned survive a crash of the process. The store persists what it
+//! is given and decides nothing: verdicts are the pipeline's.
 
 mod keys;
 
 use std::path::Path;
 use std::sync::Mutex;
 
-use poi_artifact::{Artifact, ArtifactId, ChainId, Vote};
+use poi_artifact::sync::{SyncEntry, SyncResponse};
+use poi_artifact::{Artifact, ArtifactId, ChainId, PublicKey, Vote};
 use poi_chain_spec::ChainSpec;
-use poi_verifier::verdict::{verdict, Status, VerdictOutcome};
+use poi_verifier::verdict::{Status, VerdictOutcome};
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -35,12 +37,13 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
 }
 
-/// What the ledger says about one artifact, as stored and served.
+/// What the ledger says about one artifact, as stored (JSON in the
+/// `verdicts` column family). RPC serves it as `poi_rpc_api::VerdictView`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VerdictRecord {
     pub artifact_id: String,
     pub miner: String,
-    pub status: String,
+    pub status: Status,
     pub counted_votes: Vec<String>,
     /// The validators whose votes counted.
     pub voters: Vec<String>,
@@ -90,9 +93,22 @@ pub struct LogPage {
     pub more: bool,
 }
 
+impl From<LogPage> for SyncResponse {
+    fn from(page: LogPage) -> Self {
+        let entries = page
+            .entries
+            .into_iter()
+            .map(|entry| match entry {
+                LogEntry::Artifact(bytes) => SyncEntry::Artifact(bytes),
+                LogEntry::Vote(bytes) => SyncEntry::Vote(bytes),
+            })
+            .collect();
+        Self { entries, next: page.next, more: page.more }
+    }
+}
+
 pub struct Store {
     db: DB,
-    spec: ChainSpec,
     /// The next log sequence number. Writers hold this lock across their
     /// existence check, numbering and batch, so the log has no gap that a
     /// peer paging through it could step over, and a duplicate is never
@@ -117,8 +133,8 @@ impl Store {
                 None => 0,
             }
         };
-        let store = Self { db, spec, writer: Mutex::new(next_seq), writes: WriteOptions::default() };
-        let chain_id = store.spec.chain_id();
+        let store = Self { db, writer: Mutex::new(next_seq), writes: WriteOptions::default() };
+        let chain_id = spec.chain_id();
         match store.db.get_cf(store.cf(CF_META), META_CHAIN_ID)? {
             Some(found) if found != chain_id.0 => {
                 return Err(StoreError::WrongChain { expected: chain_id, found: hex::encode(found) })
@@ -133,7 +149,7 @@ impl Store {
     /// to the write-ahead log before the write returns, so what was
     /// acknowledged also survives a power loss or kernel crash. Without it a
     /// killed process still loses nothing (the log is in the OS's page cache),
-    /// and writes cost no disk round trip: `poi bench store` measures both.
+    /// and writes cost no disk round trip: `poi-lab bench store` measures both.
     pub fn with_sync_writes(mut self, sync: bool) -> Self {
         self.writes.set_sync(sync);
         self
@@ -143,9 +159,15 @@ impl Store {
         self.db.cf_handle(name).expect("every column family is opened")
     }
 
-    /// Stores a checked artifact; `false` if it was already there (nothing
-    /// is rewritten).
-    pub fn put_artifact(&self, artifact: &Artifact, received_at_ms: u64) -> Result<bool, StoreError> {
+    /// Stores a checked artifact with its verdict, its time and miner index
+    /// entries and a log entry, in one batch; `false` if it was already there
+    /// (nothing is rewritten).
+    pub fn put_artifact(
+        &self,
+        artifact: &Artifact,
+        received_at_ms: u64,
+        verdict: &VerdictRecord,
+    ) -> Result<bool, StoreError> {
         let id = artifact.id();
         let mut next_seq = self.writer.lock().expect("writer lock");
         if self.has_artifact(&id)? {
@@ -157,42 +179,35 @@ impl Store {
         batch.put_cf(self.cf(CF_BY_TIME), by_time_key(received_at_ms, &id), []);
         batch.put_cf(self.cf(CF_BY_MINER), by_miner_key(&miner, received_at_ms, &id), []);
         batch.put_cf(self.cf(CF_LOG), log_key(*next_seq, LOG_ARTIFACT, &id.0), []);
-        // Votes may have arrived before the artifact.
-        let votes = self.votes(&id)?;
-        let outcome = verdict(&self.spec, &id, &votes);
-        let record = record(&id, &miner, &outcome, &votes, received_at_ms, received_at_ms);
-        batch.put_cf(self.cf(CF_VERDICTS), id.0, serde_json::to_vec(&record).expect("serialisable"));
+        batch.put_cf(self.cf(CF_VERDICTS), id.0, serde_json::to_vec(verdict).expect("serialisable"));
         self.db.write_opt(batch, &self.writes)?;
         *next_seq += 1;
         Ok(true)
     }
 
-    /// Stores a vote (the caller checked its signature) and recomputes the
-    /// verdict; `None` when the vote was already stored.
-    pub fn put_vote(&self, vote: &Vote, now_ms: u64) -> Result<Option<VerdictRecord>, StoreError> {
-        let artifact_id = vote.body.artifact_id;
-        let key = vote_key(&artifact_id, &vote.id());
+    /// Stores a checked vote with a log entry and, when its artifact is
+    /// stored, the artifact's new verdict, in one batch; `false` if the vote
+    /// was already there (nothing is rewritten).
+    pub fn put_vote(&self, vote: &Vote, verdict: Option<&VerdictRecord>) -> Result<bool, StoreError> {
+        let key = vote_key(&vote.body.artifact_id, &vote.id());
         let mut next_seq = self.writer.lock().expect("writer lock");
         if self.db.get_pinned_cf(self.cf(CF_VOTES), &key)?.is_some() {
-            return Ok(None);
+            return Ok(false);
         }
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_VOTES), &key, vote.encode());
         batch.put_cf(self.cf(CF_LOG), log_key(*next_seq, LOG_VOTE, &key), []);
-        let mut updated = None;
-        if let Some(previous) = self.verdict(&artifact_id)? {
-            let mut votes = self.votes(&artifact_id)?;
-            votes.push(vote.clone());
-            let outcome = verdict(&self.spec, &artifact_id, &votes);
-            let miner = poi_artifact::PublicKey::from_hex(&previous.miner)
-                .map_err(|detail| StoreError::Corrupt { what: "verdict", detail })?;
-            let record = record(&artifact_id, &miner, &outcome, &votes, previous.received_at_ms, now_ms);
-            batch.put_cf(self.cf(CF_VERDICTS), artifact_id.0, serde_json::to_vec(&record).expect("serialisable"));
-            updated = Some(record);
+        if let Some(verdict) = verdict {
+            batch.put_cf(self.cf(CF_VERDICTS), vote.body.artifact_id.0, serde_json::to_vec(verdict).expect("serialisable"));
         }
         self.db.write_opt(batch, &self.writes)?;
         *next_seq += 1;
-        Ok(updated.or(Some(VerdictRecord::pending(&artifact_id))))
+        Ok(true)
+    }
+
+    pub fn has_vote(&self, vote: &Vote) -> Result<bool, StoreError> {
+        let key = vote_key(&vote.body.artifact_id, &vote.id());
+        Ok(self.db.get_pinned_cf(self.cf(CF_VOTES), key)?.is_some())
     }
 
     pub fn has_artifact(&self, id: &ArtifactId) -> Result<bool, StoreError> {
@@ -260,7 +275,7 @@ impl Store {
             }
             let id = poi_artifact::Hash32(rest[8..].try_into().expect("32 bytes"));
             let Some(record) = self.verdict(&id)? else { continue };
-            let status_matches = query.status.is_none_or(|s| s.as_str() == record.status);
+            let status_matches = query.status.is_none_or(|s| s == record.status);
             let validator_matches = query.validator.is_none_or(|v| record.voters.contains(&v.to_hex()));
             if status_matches && validator_matches {
                 rows.push(record);
@@ -319,42 +334,33 @@ impl Store {
 }
 
 impl VerdictRecord {
-    /// A vote about an artifact this node has not seen yet.
-    fn pending(id: &ArtifactId) -> Self {
+    /// The record of `outcome`, the verdict rule's answer over `votes`.
+    pub fn new(
+        id: &ArtifactId,
+        miner: &PublicKey,
+        outcome: &VerdictOutcome,
+        votes: &[Vote],
+        received_at_ms: u64,
+        updated_at_ms: u64,
+    ) -> Self {
+        let voters = votes
+            .iter()
+            .filter(|v| outcome.counted.contains(&v.id().to_hex()))
+            .map(|v| v.body.validator.to_hex())
+            .collect();
         Self {
             artifact_id: id.to_hex(),
-            miner: String::new(),
-            status: "unknown-artifact".into(),
-            counted_votes: Vec::new(),
-            voters: Vec::new(),
-            equivocators: Vec::new(),
-            received_at_ms: 0,
-            updated_at_ms: 0,
+            miner: miner.to_hex(),
+            status: outcome.status,
+            counted_votes: outcome.counted.clone(),
+            voters,
+            equivocators: outcome.equivocators.clone(),
+            received_at_ms,
+            updated_at_ms,
         }
     }
-}
 
-fn record(
-    id: &ArtifactId,
-    miner: &poi_artifact::PublicKey,
-    outcome: &VerdictOutcome,
-    votes: &[Vote],
-    received_at_ms: u64,
-    updated_at_ms: u64,
-) -> VerdictRecord {
-    let voters = votes
-        .iter()
-        .filter(|v| outcome.counted.contains(&v.id().to_hex()))
-        .map(|v| v.body.validator.to_hex())
-        .collect();
-    VerdictRecord {
-        artifact_id: id.to_hex(),
-        miner: miner.to_hex(),
-        status: outcome.status.as_str().to_string(),
-        counted_votes: outcome.counted.clone(),
-        voters,
-        equivocators: outcome.equivocators.clone(),
-        received_at_ms,
-        updated_at_ms,
+    pub fn miner(&self) -> Result<PublicKey, StoreError> {
+        PublicKey::from_hex(&self.miner).map_err(|detail| StoreError::Corrupt { what: "verdict", detail })
     }
 }

@@ -1,0 +1,152 @@
+//! `poi node`: run a validator node until Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use poi_node::network::Multiaddr;
+use poi_cli::{ChainArg, ModelArgs};
+use poi_node::config::{NodeConfig, Settings};
+use poi_node::scheduler::{FullChecker, ModelChecker};
+use poi_node::service;
+
+use crate::keyfile;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// TOML file with any of the options below (same names, `-` as `_`,
+    /// `listen` and `bootnodes` as arrays); flags given here win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Chain spec JSON; the embedded devnet spec when omitted.
+    #[arg(long, value_name = "SPEC")]
+    chain: Option<PathBuf>,
+    /// Validator key file (`poi keys generate`). Required.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Data directory (RocksDB); created if missing. Required.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// libp2p listen address, repeatable [default: /ip4/127.0.0.1/tcp/0].
+    /// QUIC works too: /ip4/127.0.0.1/udp/PORT/quic-v1.
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+    /// A peer to join through, repeatable, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3…
+    #[arg(long = "bootnode", value_name = "MULTIADDR")]
+    bootnodes: Vec<Multiaddr>,
+    /// JSON-RPC address (HTTP and WebSocket) [default: 127.0.0.1:8545].
+    #[arg(long, value_name = "ADDR")]
+    rpc: Option<SocketAddr>,
+    /// JSON-RPC calls per second across all clients; 0 turns the limit off
+    /// [default: 2000].
+    #[arg(long, value_name = "N")]
+    rpc_rate: Option<u32>,
+    /// JSON-RPC calls per second on one WebSocket connection; 0 turns the
+    /// limit off [default: 500].
+    #[arg(long, value_name = "N")]
+    rpc_rate_per_connection: Option<u32>,
+    /// Prometheus metrics address, serving GET /metrics; off when omitted.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Run without the model: replay-check, store and relay, never vote.
+    #[arg(long)]
+    no_model: bool,
+    /// Threads that run the model for full checks [default: 1].
+    #[arg(long, value_name = "N")]
+    full_check_workers: Option<usize>,
+    /// Refuse new artifacts (RPC, gossip) whose signed creation time is more
+    /// than this many seconds before this node's clock; catch-up sync is
+    /// exempt; 0 turns the rule off [default: 3600].
+    #[arg(long, value_name = "SECONDS")]
+    max_artifact_age: Option<u64>,
+    /// Refuse new artifacts whose signed creation time is more than this many
+    /// seconds after this node's clock; off with the age rule [default: 300].
+    #[arg(long, value_name = "SECONDS")]
+    max_clock_ahead: Option<u64>,
+    /// fsync every stored artifact and vote before acknowledging it, so that
+    /// acknowledged data also survives a power loss (without it, only a crash
+    /// of the process); costs a disk round trip per write (`poi-lab bench store`).
+    #[arg(long)]
+    sync_writes: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+impl Args {
+    /// The file's settings (or the defaults) with the flags given here on top.
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let mut settings = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str::<Settings>(&text).with_context(|| format!("config file {}", path.display()))?
+            }
+            None => Settings::default(),
+        };
+        fn overlay<T: Clone>(field: &mut T, flag: &Option<T>) {
+            if let Some(value) = flag {
+                *field = value.clone();
+            }
+        }
+        overlay(&mut settings.chain, &self.chain.clone().map(Some));
+        overlay(&mut settings.key, &self.key.clone().map(Some));
+        overlay(&mut settings.data, &self.data.clone().map(Some));
+        overlay(&mut settings.model, &self.model.model.clone().map(Some));
+        if !self.listen.is_empty() {
+            settings.listen = self.listen.clone();
+        }
+        if !self.bootnodes.is_empty() {
+            settings.bootnodes = self.bootnodes.clone();
+        }
+        overlay(&mut settings.rpc, &self.rpc);
+        overlay(&mut settings.rpc_rate, &self.rpc_rate);
+        overlay(&mut settings.rpc_rate_per_connection, &self.rpc_rate_per_connection);
+        overlay(&mut settings.metrics, &self.metrics.map(Some));
+        overlay(&mut settings.full_check_workers, &self.full_check_workers);
+        overlay(&mut settings.max_artifact_age, &self.max_artifact_age);
+        overlay(&mut settings.max_clock_ahead, &self.max_clock_ahead);
+        settings.no_model |= self.no_model;
+        settings.sync_writes |= self.sync_writes;
+        Ok(settings)
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let settings = args.settings()?;
+    let spec = ChainArg { chain: settings.chain.clone() }.load()?;
+    let key_path =
+        settings.key.clone().context("--key is required (create one with `poi keys generate --out FILE`)")?;
+    let key = keyfile::read(&key_path)?;
+    if spec.validator(&key.public()).is_none() {
+        tracing::warn!(key = %key.public(), "this key is not in the chain's validator set: the node relays and stores, its votes will not count");
+    }
+    let data_dir = settings.data.clone().context("--data is required")?;
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let mut config = NodeConfig::from_settings(spec.clone(), key, data_dir, &settings);
+    if !settings.no_model {
+        let model = ModelArgs { model: settings.model.clone(), profile: args.model.profile };
+        let checker: Arc<dyn FullChecker> = Arc::new(ModelChecker::new(Arc::new(model.load(&spec)?), &spec));
+        config.checker = Some(checker);
+    }
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let node = service::start(config).await?;
+        eprintln!("peer id   {}", node.peer_id);
+        for addr in &node.listen_addrs {
+            eprintln!("listening {addr}/p2p/{}", node.peer_id);
+        }
+        if let Some(rpc) = node.rpc_addr {
+            eprintln!("rpc       http://{rpc} (WebSocket on the same port)");
+        }
+        if let Some(metrics) = node.metrics_addr {
+            eprintln!("metrics   http://{metrics}/metrics");
+        }
+        tokio::signal::ctrl_c().await?;
+        eprintln!("stopping");
+        node.stop().await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,146 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use poi_artifact::Artifact;
+use poi_model::full_check::full_check;
+use poi_verifier::full_check::FullCheckReport;
+use poi_verifier::{ReplayChecker, ReplayError, ReplayReport};
+use serde_json::json;
+
+use poi_cli::{ChainArg, ModelArgs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Artifact file: canonical binary, or the JSON view.
+    #[arg(value_name = "ARTIFACT")]
+    artifact: PathBuf,
+    #[command(flatten)]
+    chain: ChainArg,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Also run the full distribution check: re-run the pinned model over the
+    /// artifact's tokens and compare its top-k with the logged candidates.
+    #[arg(long)]
+    full: bool,
+    /// With --full: print every position's distance and ranks.
+    #[arg(long, requires = "full")]
+    positions: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let spec = args.chain.load()?;
+    let bytes = std::fs::read(&args.artifact).with_context(|| format!("reading {}", args.artifact.display()))?;
+    let mut checker = ReplayChecker::new(spec);
+    let outcome = if super::looks_like_json(&bytes) {
+        let text = std::str::from_utf8(&bytes).context("JSON artifact is not UTF-8")?;
+        Artifact::from_json_str(text)
+            .map_err(|e| Rejection::Unreadable(e.to_string()))
+            .and_then(|artifact| checker.check(&artifact).map(|r| (artifact, r)).map_err(Rejection::Replay))
+    } else {
+        checker.check_bytes(&bytes).map_err(Rejection::Replay)
+    };
+    let spec = checker.spec();
+    let full = match (&outcome, args.full) {
+        (Ok((artifact, _)), true) => {
+            let runtime = args.model.load(spec)?;
+            Some(full_check(&runtime.model, artifact, &spec.thresholds).context("full check")?)
+        }
+        _ => None,
+    };
+    if args.json {
+        let mut value = as_json(&outcome);
+        if let Some(report) = &full {
+            value["full_check"] = full_json(report, args.positions)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print_text(&outcome, spec.thresholds.max_surprisal_z);
+        if let Some(report) = &full {
+            print_full(report, args.positions);
+        }
+    }
+    let accepted = outcome.is_ok() && full.as_ref().is_none_or(|r| r.accepted);
+    Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn full_json(report: &FullCheckReport, positions: bool) -> anyhow::Result<serde_json::Value> {
+    let mut value = serde_json::to_value(report)?;
+    if !positions {
+        value.as_object_mut().expect("a struct").remove("positions");
+    }
+    Ok(value)
+}
+
+fn print_full(report: &FullCheckReport, positions: bool) {
+    if positions {
+        println!("position  token  distance  matches  validator rank of chosen");
+        for p in &report.positions {
+            let rank = p.validator_rank.map_or("-".to_string(), |r| r.to_string());
+            println!("{:>8}  {:>5}  {:>8.5}  {:>7}  {rank:>4}", p.position, p.chosen, p.distance, p.matches);
+        }
+    }
+    println!("profile    {}", report.profile_id);
+    println!("distance2  {:.6}", report.distance2);
+    println!("match      {:.4}", report.match_ratio);
+    match &report.reason {
+        None => println!("verdict    ACCEPT (full check)"),
+        Some(reason) => println!("verdict    REJECT (full check): {reason}"),
+    }
+}
+
+enum Rejection {
+    Unreadable(String),
+    Replay(ReplayError),
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreadable(e) => write!(f, "unreadable JSON view: {e}"),
+            Self::Replay(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+fn as_json(outcome: &Result<(Artifact, ReplayReport), Rejection>) -> serde_json::Value {
+    match outcome {
+        Ok((artifact, report)) => json!({
+            "verdict": "pass",
+            "artifact_id": artifact.id().to_hex(),
+            "miner": artifact.body.miner.to_hex(),
+            "positions": report.positions,
+            "k": artifact.body.generation.k(),
+            "seeded": report.seeded,
+            "miner_seeded": report.miner_seeded,
+            "surprisal_z": report.z(),
+        }),
+        Err(rejection) => json!({
+            "verdict": "reject",
+            "reason": rejection.to_string(),
+            "position": match rejection { Rejection::Replay(e) => e.position(), Rejection::Unreadable(_) => None },
+        }),
+    }
+}
+
+fn print_text(outcome: &Result<(Artifact, ReplayReport), Rejection>, threshold: f64) {
+    match outcome {
+        Ok((artifact, report)) => {
+            let seeding = match (report.seeded, report.miner_seeded) {
+                (false, _) => "no (unseeded: surprisal test only)",
+                (true, true) => "yes (miner-seeded: no requester binding)",
+                (true, false) => "yes (requester-bound)",
+            };
+            println!("artifact   {}", artifact.id());
+            println!("miner      {}", artifact.body.miner);
+            println!("positions  {} (k = {})", report.positions, artifact.body.generation.k());
+            println!("seeded     {seeding}");
+            println!("surprisal  z = {:.3} (threshold {threshold})", report.z());
+            println!("verdict    PASS (replay check)");
+        }
+        Err(rejection) => println!("verdict    REJECT: {rejection}"),
+    }
+}

@@ -1,0 +1,265 @@
+//! `poi-lab bench network` (DESIGN §10): nodes on loopback in this process, each
+//! replay-checking and storing every artifact; artifacts are submitted over
+//! JSON-RPC to the nodes in turn, and each node's verdict feed timestamps
+//! when it stored each one. Reports sustained artifacts/s and the latency
+//! from submit to stored on every node.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use jsonrpsee::http_client::HttpClientBuilder;
+use libp2p::PeerId;
+use poi_chain_spec::{devnet_keypair, ChainSpec};
+use poi_node::metrics::SourceLabel;
+use poi_node::network::{join_as_outsider, GRAYLIST_THRESHOLD};
+use poi_node::pipeline::Admission;
+use poi_node::rpc::RpcLimits;
+use poi_rpc_api::SubmitResult;
+use poi_node::config::NodeConfig;
+use poi_node::service::{self, NodeHandle};
+use poi_rpc_api::PoiApiClient;
+use poi_verifier::simulate::{build, forged, Chooser};
+use rayon::prelude::*;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::stats::quantile;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value_t = 5)]
+    nodes: u32,
+    #[arg(long, default_value_t = 2000)]
+    artifacts: usize,
+    /// Generated tokens per artifact (k from the devnet spec).
+    #[arg(long, default_value_t = 256)]
+    tokens: usize,
+    /// Submissions in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Run a second time, on fresh nodes, with one more peer publishing
+    /// this many forged artifacts to node 0 meanwhile: prints both runs and
+    /// whether the flooder was graylisted.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    flood: usize,
+}
+
+struct Figures {
+    submit_seconds: f64,
+    seconds: f64,
+    /// Submit to stored on every node, per artifact stored everywhere.
+    latencies: Vec<f64>,
+    lagged: u64,
+    /// With a flood: forged artifacts that reached node 0's replay check,
+    /// and whether the flooder fell below the graylist threshold.
+    flood: Option<(u64, bool)>,
+}
+
+impl Figures {
+    /// Artifacts stored on every node per second.
+    fn throughput(&self) -> f64 {
+        self.latencies.len() as f64 / self.seconds
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.nodes < 2 || args.artifacts == 0 {
+        bail!("need at least 2 nodes and 1 artifact");
+    }
+    let spec = ChainSpec::local_devnet(args.nodes, 0.25)?;
+    eprintln!("building {} synthetic artifacts of {} tokens", args.artifacts, args.tokens);
+    let artifacts: Vec<(String, Vec<u8>)> = (0..args.artifacts as u64)
+        .into_par_iter()
+        .map(|seed| {
+            let built = build(&spec, args.tokens, seed, Chooser::Seeded);
+            (built.artifact.id().to_hex(), built.bytes)
+        })
+        .collect();
+    let forged: Vec<Vec<u8>> =
+        (0..args.flood as u64).into_par_iter().map(|seed| forged(&spec, 16, (1 << 40) + seed)).collect();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let baseline = runtime.block_on(measure(&spec, &args, &artifacts, Vec::new()))?;
+    println!("nodes                      {}", args.nodes);
+    println!("artifacts                  {} of {} tokens, k = {}", args.artifacts, args.tokens, spec.logged_k);
+    report("", &baseline, args.artifacts);
+    if args.flood > 0 {
+        let flooded = runtime.block_on(measure(&spec, &args, &artifacts, forged))?;
+        println!("with a peer flooding {} forged artifacts to node 0:", args.flood);
+        report("  ", &flooded, args.artifacts);
+        let ratio = flooded.throughput() / baseline.throughput();
+        println!("  honest throughput        {:.2}× the run without flood", ratio);
+    }
+    println!(
+        "threads                    {} cores shared by all nodes",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One run on fresh nodes: submit everything, wait until every node stored
+/// it (or 120 s), with `forged` published by an extra peer meanwhile.
+async fn measure(
+    spec: &ChainSpec,
+    args: &Args,
+    artifacts: &[(String, Vec<u8>)],
+    forged: Vec<Vec<u8>>,
+) -> anyhow::Result<Figures> {
+    let dir = tempfile::tempdir()?;
+    let mut nodes: Vec<NodeHandle> = Vec::new();
+    for i in 0..args.nodes {
+        let mut config = NodeConfig::new(spec.clone(), devnet_keypair(i), dir.path().join(format!("node{i}")));
+        config.bootnodes = nodes.iter().map(NodeHandle::dial_addr).collect();
+        // The benchmark is the only client: measure the node, not the limit.
+        config.rpc_limits = RpcLimits { node_calls_per_s: None, connection_calls_per_s: None };
+        // Simulated artifacts carry fixed, long-past creation times.
+        config.admission = Admission::ANY_AGE;
+        nodes.push(service::start(config).await.with_context(|| format!("starting node {i}"))?);
+    }
+    // A full mesh before the clock starts.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while nodes.iter().any(|n| n.metrics.peers.get() < i64::from(args.nodes) - 1) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let flooder = if forged.is_empty() { None } else { Some(start_flood(spec, &nodes[0], forged).await?) };
+    let flooder_peer = flooder.as_ref().map(|(peer, _)| *peer);
+    let mut graylisted = false;
+    let settle = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < settle {
+        graylisted |= is_graylisted(&nodes[0], flooder_peer).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let stored_at: Arc<Mutex<HashMap<String, (usize, Instant)>>> = Arc::default();
+    let lagged = Arc::new(Mutex::new(0u64));
+    let mut feeds = Vec::new();
+    for node in &nodes {
+        let (stored_at, lagged) = (stored_at.clone(), lagged.clone());
+        let mut verdicts = node.pipeline.subscribe();
+        feeds.push(tokio::spawn(async move {
+            loop {
+                match verdicts.recv().await {
+                    Ok(record) => {
+                        let mut map = stored_at.lock().expect("map");
+                        let entry = map.entry(record.artifact_id).or_insert((0, Instant::now()));
+                        entry.0 += 1;
+                        entry.1 = Instant::now();
+                    }
+                    Err(RecvError::Lagged(n)) => *lagged.lock().expect("lagged") += n,
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        }));
+    }
+
+    let clients: Vec<_> = nodes
+        .iter()
+        .map(|n| HttpClientBuilder::default().build(format!("http://{}", n.rpc_addr.expect("RPC on"))))
+        .collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    let submitted_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let queue = Arc::new(Mutex::new(Vec::from(artifacts).into_iter().enumerate()));
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let (queue, clients, submitted_at) = (queue.clone(), clients.clone(), submitted_at.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let Some((i, (id, bytes))) = queue.lock().expect("queue").next() else { return Ok(()) };
+                submitted_at.lock().expect("map").insert(id, Instant::now());
+                let _: SubmitResult =
+                    clients[i % clients.len()].submit_artifact(hex::encode(bytes)).await?;
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await?.map_err(|e: jsonrpsee::core::ClientError| anyhow::anyhow!("submit: {e}"))?;
+    }
+    let submit_seconds = started.elapsed().as_secs_f64();
+    let everywhere = |map: &HashMap<String, (usize, Instant)>| map.values().filter(|(n, _)| *n == nodes.len()).count();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while everywhere(&stored_at.lock().expect("map")) < args.artifacts && Instant::now() < deadline {
+        graylisted |= is_graylisted(&nodes[0], flooder_peer).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let map = stored_at.lock().expect("map").clone();
+    let submitted = submitted_at.lock().expect("map").clone();
+    let latencies: Vec<f64> = map
+        .iter()
+        .filter(|(_, (n, _))| *n == nodes.len())
+        .filter_map(|(id, (_, at))| submitted.get(id).map(|s| at.duration_since(*s).as_secs_f64()))
+        .collect();
+    let last = map.values().filter(|(n, _)| *n == nodes.len()).map(|(_, at)| *at).max().unwrap_or(started);
+    let seconds = last.duration_since(started).as_secs_f64();
+    let flood = match flooder {
+        Some((_, task)) => {
+            task.abort();
+            Some((
+                nodes[0].metrics.artifacts_rejected.get_or_create(&SourceLabel { source: "gossip" }).get(),
+                graylisted,
+            ))
+        }
+        None => None,
+    };
+    let lagged = *lagged.lock().expect("lagged");
+    for feed in feeds {
+        feed.abort();
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+    Ok(Figures { submit_seconds, seconds, latencies, lagged, flood })
+}
+
+/// Whether `node` scores `peer` below the graylist threshold now.
+async fn is_graylisted(node: &NodeHandle, peer: Option<PeerId>) -> bool {
+    let Some(peer) = peer else { return false };
+    let peers = node.network.peers().await.unwrap_or_default();
+    peers.iter().any(|p| p.peer_id == peer && p.score.is_some_and(|s| s < GRAYLIST_THRESHOLD))
+}
+
+/// An outside peer in node 0's artifact topic, publishing `forged` as fast as
+/// its connection takes them.
+async fn start_flood(
+    spec: &ChainSpec,
+    target: &NodeHandle,
+    forged: Vec<Vec<u8>>,
+) -> anyhow::Result<(PeerId, tokio::task::JoinHandle<()>)> {
+    let (mut swarm, topics) = join_as_outsider(spec, target.dial_addr(), Duration::from_secs(20)).await?;
+    let peer = *swarm.local_peer_id();
+    let task = tokio::spawn(async move {
+        for bytes in forged {
+            let _ = swarm.behaviour_mut().gossipsub.publish(topics.artifacts.clone(), bytes);
+            let _ = tokio::time::timeout(Duration::from_millis(1), swarm.select_next_some()).await;
+        }
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    Ok((peer, task))
+}
+
+fn report(indent: &str, figures: &Figures, artifacts: usize) {
+    let latencies = &figures.latencies;
+    let at = |q: f64| quantile(latencies, q).unwrap_or(f64::NAN);
+    println!("{indent}stored on every node       {}", latencies.len());
+    println!(
+        "{indent}submit phase               {:.2} s ({:.0} artifacts/s accepted by RPC)",
+        figures.submit_seconds,
+        artifacts as f64 / figures.submit_seconds
+    );
+    println!("{indent}sustained, stored everywhere {:.0} artifacts/s ({:.2} s)", figures.throughput(), figures.seconds);
+    println!(
+        "{indent}submit → stored everywhere p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        at(0.5) * 1e3,
+        at(0.99) * 1e3,
+        at(1.0) * 1e3
+    );
+    if figures.lagged > 0 {
+        println!("{indent}verdict feed lagged        {} events (those artifacts are not timed)", figures.lagged);
+    }
+    if let Some((checked, graylisted)) = figures.flood {
+        println!("{indent}forged artifacts checked   {checked} (the rest dropped by gossipsub); flooder graylisted: {graylisted}");
+    }
+}

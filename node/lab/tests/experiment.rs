@@ -1,0 +1,100 @@
+//! `poi-lab experiment --quick` on the real model: the whole matrix on one prompt
+//! of each kind, then a second run that must come entirely from the cache.
+
+use std::process::{Command, Output};
+
+fn experiment(out: &std::path::Path, cache: &std::path::Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_poi-lab"))
+        .args(["experiment", "--quick", "--out"])
+        .arg(out)
+        .arg("--cache")
+        .arg(cache)
+        .output()
+        .expect("poi-lab runs")
+}
+
+fn row<'a>(rows: &'a [serde_json::Value], decoding: &str, pair: &str) -> &'a serde_json::Value {
+    rows.iter()
+        .find(|r| r["decoding"] == decoding && r["pair"] == pair)
+        .unwrap_or_else(|| panic!("no {decoding} {pair} row"))
+}
+
+#[test]
+fn quick_matrix_writes_the_report_separates_honest_from_fraud_and_resumes_from_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out_dir, cache) = (dir.path().join("docs"), dir.path().join("cache"));
+    let out = experiment(&out_dir, &cache);
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{log}");
+
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("results/results.json")).unwrap()).unwrap();
+    let pairs = results["pairs"].as_array().unwrap();
+    for decoding in ["sampled", "greedy"] {
+        for honest in ["honest", "honest-1-thread"] {
+            let r = row(pairs, decoding, honest);
+            assert_eq!(r["n"], 4, "{r}");
+            assert_eq!(r["rejected_chain"], 0.0, "honest rejected: {r}");
+        }
+        // A cheap model's own log-probs are far from the pinned model's.
+        let cheap = row(pairs, decoding, "cheap-q2k");
+        assert_eq!(cheap["auc_distance2"], 1.0, "{cheap}");
+        assert!(
+            cheap["median_distance2"].as_f64().unwrap()
+                > row(pairs, decoding, "honest")["max_distance2"].as_f64().unwrap()
+        );
+    }
+    // The pre-fill proof is the pinned model's own top-k, so its distance is
+    // honest-like; the seeded replay check is what catches it.
+    let prefixes = results["prefixes"].as_array().unwrap();
+    let replay = |decoding: &str, pair: &str| row(prefixes, decoding, pair)["replay_rejected"].as_f64().unwrap();
+    assert_eq!(replay("sampled", "honest"), 0.0);
+    assert!(replay("sampled", "prefill-q2k") > 0.5, "{prefixes:?}");
+    assert_eq!(replay("greedy", "prefill-q2k"), 1.0, "{prefixes:?}");
+    // The adaptive attacker repairs its drafts until the kept-set rule has
+    // nothing left to reject.
+    for pair in ["repaired-q4_0-unseeded", "repaired-q2k-unseeded"] {
+        assert_eq!(row(pairs, "sampled", pair)["n"], 4);
+        for p in prefixes.iter().filter(|p| p["pair"] == pair) {
+            assert_eq!(p["outside_kept_set"], 0.0, "{p}");
+        }
+    }
+    assert!(row(pairs, "sampled", "repaired-q2k-unseeded")["median_replaced_tokens"].as_f64().unwrap() >= 1.0);
+
+    let report = std::fs::read_to_string(out_dir.join("RESULTS.md")).unwrap();
+    for (key, file) in results["plots"].as_object().unwrap() {
+        let png = std::fs::read(out_dir.join(file.as_str().unwrap())).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "{key} is not a PNG");
+        assert!(report.contains(file.as_str().unwrap()), "RESULTS.md does not show {file}");
+    }
+    assert!(results["plots"].as_object().unwrap().contains_key("sampled/swap-f32"));
+    assert!(report.contains("| sampled | `cheap-q2k` | 4 |"), "{report}");
+
+    // Everything again from the cache: the same results, nothing rewritten.
+    let before = modified_times(&cache);
+    assert!(before.len() > 40, "{} cached files", before.len());
+    let again_dir = dir.path().join("again");
+    let out = experiment(&again_dir, &cache);
+    assert!(out.status.success());
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(again_dir.join("results/results.json")).unwrap()).unwrap();
+    assert_eq!(again["pairs"], results["pairs"]);
+    assert_eq!(modified_times(&cache), before);
+}
+
+fn modified_times(dir: &std::path::Path) -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                pending.push(entry.path());
+            } else {
+                out.push((entry.path(), entry.metadata().unwrap().modified().unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}

@@ -1,0 +1,171 @@
+//! Node configuration. [`Settings`] is what an operator writes (the TOML file
+//! of `poi node --config`, overlaid by its flags), with every default in its
+//! `Default`; [`NodeConfig`] is what [`crate::service::start`] takes: the
+//! settings resolved against a loaded chain spec, key and model.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use poi_artifact::Keypair;
+use poi_chain_spec::ChainSpec;
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::Admission;
+use crate::rpc::RpcLimits;
+use crate::scheduler::FullChecker;
+
+/// An operator's settings; absent keys take the defaults of [`Default`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Chain spec JSON; the embedded devnet spec when absent.
+    pub chain: Option<PathBuf>,
+    /// Validator key file.
+    pub key: Option<PathBuf>,
+    /// Data directory (RocksDB).
+    pub data: Option<PathBuf>,
+    /// The chain's GGUF file; where `scripts/fetch-model.sh` puts it when absent.
+    pub model: Option<PathBuf>,
+    /// Replay-check, store and relay, never vote.
+    pub no_model: bool,
+    #[serde(with = "multiaddrs")]
+    pub listen: Vec<Multiaddr>,
+    #[serde(with = "multiaddrs")]
+    pub bootnodes: Vec<Multiaddr>,
+    pub rpc: SocketAddr,
+    /// JSON-RPC calls per second across all clients; 0 is unlimited.
+    pub rpc_rate: u32,
+    /// JSON-RPC calls per second on one WebSocket connection; 0 is unlimited.
+    pub rpc_rate_per_connection: u32,
+    pub metrics: Option<SocketAddr>,
+    pub full_check_workers: usize,
+    /// Seconds an artifact's signed creation time may lie before this node's
+    /// clock (RPC, gossip); 0 turns the admission window off.
+    pub max_artifact_age: u64,
+    /// Seconds it may lie after it.
+    pub max_clock_ahead: u64,
+    /// fsync every stored batch before acknowledging it.
+    pub sync_writes: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            chain: None,
+            key: None,
+            data: None,
+            model: None,
+            no_model: false,
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")],
+            bootnodes: Vec::new(),
+            rpc: SocketAddr::from(([127, 0, 0, 1], 8545)),
+            // Well above what honest tooling needs (a replay check costs
+            // ~0.1 ms), low enough that one client cannot take the node's CPU.
+            rpc_rate: 2000,
+            rpc_rate_per_connection: 500,
+            metrics: None,
+            full_check_workers: 1,
+            // A miner submits what it generated at once, and gossip relays it
+            // in seconds: an hour is generous; five minutes covers clocks
+            // that NTP keeps roughly right.
+            max_artifact_age: 3600,
+            max_clock_ahead: 300,
+            sync_writes: false,
+        }
+    }
+}
+
+impl Settings {
+    pub fn rpc_limits(&self) -> RpcLimits {
+        let limit = |rate: u32| (rate > 0).then_some(rate);
+        RpcLimits {
+            node_calls_per_s: limit(self.rpc_rate),
+            connection_calls_per_s: limit(self.rpc_rate_per_connection),
+        }
+    }
+
+    pub fn admission(&self) -> Admission {
+        match self.max_artifact_age {
+            0 => Admission::ANY_AGE,
+            age => Admission {
+                max_age: Some(Duration::from_secs(age)),
+                max_ahead: Duration::from_secs(self.max_clock_ahead),
+            },
+        }
+    }
+}
+
+/// Multiaddrs as the strings operators write.
+mod multiaddrs {
+    use libp2p::Multiaddr;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addrs: &[Multiaddr], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(addrs.iter().map(ToString::to_string))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Multiaddr>, D::Error> {
+        Vec::<String>::deserialize(deserializer)?
+            .iter()
+            .map(|text| text.parse().map_err(|e| serde::de::Error::custom(format!("{text:?} is not a multiaddr: {e}"))))
+            .collect()
+    }
+}
+
+/// Everything a node needs to start.
+pub struct NodeConfig {
+    pub spec: ChainSpec,
+    pub key: Keypair,
+    pub data_dir: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    pub bootnodes: Vec<Multiaddr>,
+    /// `None`: no RPC server.
+    pub rpc: Option<SocketAddr>,
+    pub rpc_limits: RpcLimits,
+    pub metrics: Option<SocketAddr>,
+    /// The model; `None` runs a node that checks replay, stores and relays
+    /// but never votes.
+    pub checker: Option<Arc<dyn FullChecker>>,
+    pub full_check_workers: usize,
+    pub full_check_queue: usize,
+    pub validation_workers: usize,
+    /// How often each connected peer is asked for what this node missed,
+    /// and lost bootnodes are dialled again.
+    pub sync_interval: Duration,
+    pub admission: Admission,
+    /// fsync every stored batch (see `Store::with_sync_writes`).
+    pub sync_writes: bool,
+}
+
+impl NodeConfig {
+    /// A node under `settings` (its paths are the caller's to load).
+    pub fn from_settings(spec: ChainSpec, key: Keypair, data_dir: PathBuf, settings: &Settings) -> Self {
+        Self {
+            spec,
+            key,
+            data_dir,
+            listen: settings.listen.clone(),
+            bootnodes: settings.bootnodes.clone(),
+            rpc: Some(settings.rpc),
+            rpc_limits: settings.rpc_limits(),
+            metrics: settings.metrics,
+            checker: None,
+            full_check_workers: settings.full_check_workers,
+            full_check_queue: 64,
+            validation_workers: 2,
+            sync_interval: Duration::from_secs(5),
+            admission: settings.admission(),
+            sync_writes: settings.sync_writes,
+        }
+    }
+
+    /// The default settings on loopback with an RPC port of the system's
+    /// choosing: a node in a test, a benchmark or the devnet.
+    pub fn new(spec: ChainSpec, key: Keypair, data_dir: PathBuf) -> Self {
+        let settings = Settings { rpc: SocketAddr::from(([127, 0, 0, 1], 0)), ..Settings::default() };
+        Self::from_settings(spec, key, data_dir, &settings)
+    }
+}

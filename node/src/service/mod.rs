@@ -1,0 +1,171 @@
+//! A running node. The network layer's event loop owns the swarm; the
+//! [`router`] takes what it hears and hands checks, storage and sync paging
+//! to a fixed pool of validation threads fed by a bounded queue; the model
+//! runs on the scheduler's own pool, and this validator's votes have one
+//! owner ([`own_votes`]). Nothing here waits on the swarm: when the
+//! validation queue is full, gossip is ignored (not penalised), a peer's sync
+//! request is dropped and this node's own sync waits for the next tick.
+
+mod own_votes;
+mod router;
+mod workers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use poi_artifact::Keypair;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::NodeConfig;
+use crate::metrics::Metrics;
+use crate::network::{self, NetworkClient, NetworkConfig};
+use crate::pipeline::{Pipeline, Validator};
+use crate::scheduler::Scheduler;
+use crate::store::Store;
+
+/// Why a node did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("opening the store in {dir}: {source}")]
+    Store { dir: std::path::PathBuf, source: crate::store::StoreError },
+    #[error(transparent)]
+    Network(#[from] network::NetError),
+    #[error("serving {what} on {addr}: {source}")]
+    Serve { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("spawning a validation worker: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// Validation jobs waiting for a worker; beyond this, gossip is ignored.
+const VALIDATION_QUEUE: usize = 4096;
+
+pub struct NodeHandle {
+    pub peer_id: PeerId,
+    pub listen_addrs: Vec<Multiaddr>,
+    pub rpc_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub pipeline: Arc<Pipeline>,
+    pub metrics: Arc<Metrics>,
+    pub network: NetworkClient,
+    stop_network: Option<oneshot::Sender<()>>,
+    event_loop: tokio::task::JoinHandle<()>,
+    rpc: Option<jsonrpsee::server::ServerHandle>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    validators: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// An address others can dial, with this node's peer id.
+    pub fn dial_addr(&self) -> Multiaddr {
+        self.listen_addrs[0].clone().with(Protocol::P2p(self.peer_id))
+    }
+
+    /// Stops networking and RPC and waits until nothing else holds the
+    /// store, so that the data dir can be opened again at once.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop_network.take() {
+            let _ = stop.send(());
+        }
+        if let Some(rpc) = self.rpc.take() {
+            let _ = rpc.stop();
+            rpc.stopped().await;
+        }
+        for task in &self.background {
+            task.abort();
+        }
+        for task in self.background.drain(..) {
+            let _ = task.await;
+        }
+        let _ = (&mut self.event_loop).await;
+        // The router is gone, so the validation queue is closed; its threads
+        // end once they finish the job at hand.
+        let threads = std::mem::take(&mut self.validators);
+        let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
+    }
+}
+
+pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
+    let metrics = Arc::new(Metrics::default());
+    let store = Arc::new(
+        Store::open(&config.data_dir, config.spec.clone())
+            .map_err(|source| StartError::Store { dir: config.data_dir.clone(), source })?
+            .with_sync_writes(config.sync_writes),
+    );
+    let key = Arc::new(Keypair::from_secret(config.key.secret()));
+    let (votes_tx, votes_rx) = mpsc::channel(256);
+    let validator = config.checker.clone().map(|checker| Validator {
+        key: key.clone(),
+        queue: Arc::new(Scheduler::start(
+            config.full_check_workers,
+            config.full_check_queue,
+            checker,
+            key.clone(),
+            &config.spec,
+            metrics.clone(),
+            votes_tx,
+        )),
+    });
+    let pipeline = Arc::new(Pipeline::new(store, config.spec.clone(), metrics.clone(), validator, config.admission));
+
+    let network = network::start(
+        NetworkConfig {
+            key: &config.key,
+            spec: &config.spec,
+            listen: &config.listen,
+            bootnodes: config.bootnodes.clone(),
+            redial_interval: config.sync_interval,
+        },
+        metrics.clone(),
+    )
+    .await?;
+    let client = network.client.clone();
+
+    let (jobs, jobs_rx) = mpsc::channel(VALIDATION_QUEUE);
+    let (done, done_rx) = mpsc::channel(VALIDATION_QUEUE);
+    let validators = workers::spawn(config.validation_workers, &pipeline, jobs_rx, done).map_err(StartError::Spawn)?;
+    let mut background = vec![
+        tokio::spawn(router::Router::new(pipeline.clone(), client.clone(), jobs).run(
+            network.events,
+            done_rx,
+            config.sync_interval,
+        )),
+        tokio::spawn(own_votes::OwnVotes { pipeline: pipeline.clone(), network: client.clone() }.run(votes_rx)),
+    ];
+    let (rpc_addr, rpc) = match config.rpc {
+        Some(addr) => {
+            let api = crate::rpc::Rpc::new(pipeline.clone(), Some(client.clone()));
+            let (bound, handle) = crate::rpc::serve(addr, api, config.rpc_limits)
+                .await
+                .map_err(|source| StartError::Serve { what: "JSON-RPC", addr, source })?;
+            (Some(bound), Some(handle))
+        }
+        None => (None, None),
+    };
+    let metrics_addr = match config.metrics {
+        Some(addr) => {
+            let (bound, task) = crate::metrics::serve(addr, metrics.clone())
+                .await
+                .map_err(|source| StartError::Serve { what: "metrics", addr, source })?;
+            background.push(task);
+            Some(bound)
+        }
+        None => None,
+    };
+    tracing::info!(peer_id = %network.peer_id, addrs = ?network.listen_addrs, rpc = ?rpc_addr, metrics = ?metrics_addr, "node started");
+    Ok(NodeHandle {
+        peer_id: network.peer_id,
+        listen_addrs: network.listen_addrs,
+        rpc_addr,
+        metrics_addr,
+        pipeline,
+        metrics,
+        network: client,
+        stop_network: Some(network.stop),
+        event_loop: network.event_loop,
+        rpc,
+        background,
+        validators,
+    })
+}

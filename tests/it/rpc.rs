@@ -1,0 +1,242 @@
+//! JSON-RPC over real HTTP and WebSocket on 127.0.0.1.
+
+use poi_verifier::simulate as common;
+
+use std::sync::Arc;
+
+use common::Chooser;
+use jsonrpsee::core::client::ClientT;
+use jsonrpsee::http_client::HttpClientBuilder;
+use jsonrpsee::rpc_params;
+use jsonrpsee::ws_client::WsClientBuilder;
+use poi_chain_spec::ChainSpec;
+use poi_node::metrics::Metrics;
+use poi_node::pipeline::{Admission, Pipeline};
+use poi_node::config::Settings;
+use poi_node::rpc::{serve, Rpc, RpcLimits};
+use poi_node::store::Store;
+use poi_rpc_api::error_code::RATE_LIMITED;
+use poi_rpc_api::{HistoryFilter, HistoryPage, NodeStatus, PoiApiClient, Status, SubmitResult};
+
+async fn node(dir: &std::path::Path) -> (String, jsonrpsee::server::ServerHandle) {
+    limited_node(dir, Settings::default().rpc_limits()).await.0
+}
+
+async fn limited_node(
+    dir: &std::path::Path,
+    limits: RpcLimits,
+) -> ((String, jsonrpsee::server::ServerHandle), Arc<Metrics>) {
+    let spec = ChainSpec::devnet();
+    let store = Arc::new(Store::open(dir, spec.clone()).unwrap());
+    let metrics = Arc::new(Metrics::default());
+    // Fixture artifacts carry fixed, long-past creation times.
+    let pipeline = Pipeline::new(store, spec, metrics.clone(), None, Admission::ANY_AGE);
+    let rpc = Rpc::new(Arc::new(pipeline), None);
+    let (addr, handle) = serve("127.0.0.1:0".parse().unwrap(), rpc, limits).await.unwrap();
+    ((addr.to_string(), handle), metrics)
+}
+
+#[tokio::test]
+async fn submit_query_and_subscribe_over_http_and_ws() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, handle) = node(dir.path()).await;
+    let http = HttpClientBuilder::default().build(format!("http://{addr}")).unwrap();
+    let ws = WsClientBuilder::default().build(format!("ws://{addr}")).await.unwrap();
+    let mut verdicts = ws
+        .subscribe_verdicts()
+        .await
+        .unwrap();
+
+    let artifact = common::build(&ChainSpec::devnet(), 24, 3, Chooser::Seeded).artifact;
+    let hex = hex::encode(artifact.encode());
+    let submitted: SubmitResult = http.submit_artifact(hex.clone()).await.unwrap();
+    assert!(submitted.stored);
+    assert_eq!(submitted.artifact_id, artifact.id().to_hex());
+    assert_eq!(submitted.verdict.status, Status::AcceptedReplayOnly);
+    let again: SubmitResult = http.submit_artifact(hex).await.unwrap();
+    assert!(!again.stored);
+
+    let pushed =
+        tokio::time::timeout(std::time::Duration::from_secs(5), verdicts.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(pushed.artifact_id, artifact.id().to_hex());
+
+    let view = ws.get_artifact(artifact.id().to_hex()).await.unwrap().unwrap();
+    assert_eq!(poi_artifact::Artifact::from_json_str(&view.to_string()).unwrap(), artifact);
+    let page = http.verdict_history(Some(HistoryFilter { limit: Some(10), ..HistoryFilter::default() })).await.unwrap();
+    assert_eq!(page.rows.len(), 1);
+    let status: NodeStatus = http.status().await.unwrap();
+    assert_eq!(status.chain_id, ChainSpec::devnet().chain_id().to_hex());
+    let missing = http.get_verdict("00".repeat(32)).await.unwrap();
+    assert!(missing.is_none());
+    handle.stop().unwrap();
+}
+
+#[tokio::test]
+async fn bad_requests_get_errors_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, handle) = node(dir.path()).await;
+    let http = HttpClientBuilder::default().build(format!("http://{addr}")).unwrap();
+    let spec = ChainSpec::devnet();
+    let valid = common::build(&spec, 24, 5, Chooser::Seeded).bytes;
+    let before: SubmitResult = http.submit_artifact(hex::encode(&valid)).await.unwrap();
+
+    let forged = common::forged(&spec, 24, 4);
+    for (what, param) in
+        [("not hex", "zz".to_string()), ("garbage", "00ff".into()), ("bad signature", hex::encode(&forged))]
+    {
+        let err = http.submit_artifact(param).await.unwrap_err();
+        assert!(err.to_string().contains("rejected") || err.to_string().contains("not hex"), "{what}: {err}");
+    }
+    // A status no typed client can send.
+    let err = http
+        .request::<HistoryPage, _>("poi_verdictHistory", rpc_params![serde_json::json!({"status": "maybe"})])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown status"), "{err}");
+    let err = http.get_verdict("xyz".into()).await.unwrap_err();
+    assert!(err.to_string().contains("artifact id"), "{err}");
+
+    // Oversized request: refused by the server, not parsed.
+    let huge = "0".repeat(poi_node::rpc::MAX_REQUEST_BYTES as usize + 10);
+    let client = reqwest_free_post(
+        &addr,
+        &format!(r#"{{"jsonrpc":"2.0","id":1,"method":"poi_submitArtifact","params":["{huge}"]}}"#),
+    )
+    .await;
+    assert!(
+        client.contains("413") || client.to_lowercase().contains("too large"),
+        "{}",
+        &client[..client.len().min(200)]
+    );
+
+    let page = http.verdict_history(None).await.unwrap();
+    assert_eq!(page.rows, vec![before.verdict], "nothing invalid was stored, nothing stored was changed");
+    let stored: Option<serde_json::Value> =
+        http.get_artifact(before.artifact_id.clone()).await.unwrap();
+    let stored = poi_artifact::Artifact::from_json_str(&stored.unwrap().to_string()).unwrap();
+    assert_eq!(stored.encode(), valid);
+    handle.stop().unwrap();
+}
+
+#[tokio::test]
+async fn malformed_json_big_batches_and_subscription_floods_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, handle) = node(dir.path()).await;
+
+    let response = reqwest_free_post(&addr, r#"{"jsonrpc":"2.0","id":1,"method":"#).await;
+    assert!(response.contains("-32700"), "parse error expected: {response}");
+
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"poi_status","params":[]}"#;
+    let batch = |n: u32| format!("[{}]", vec![call; n as usize].join(","));
+    let response = reqwest_free_post(&addr, &batch(poi_node::rpc::MAX_BATCH)).await;
+    assert_eq!(response.matches("chain_id").count(), poi_node::rpc::MAX_BATCH as usize, "{response}");
+    let response = reqwest_free_post(&addr, &batch(poi_node::rpc::MAX_BATCH + 1)).await;
+    assert!(response.contains("-32010") && !response.contains("chain_id"), "batch limit: {response}");
+
+    let ws = WsClientBuilder::default().build(format!("ws://{addr}")).await.unwrap();
+    let mut subscriptions = Vec::new();
+    for _ in 0..poi_node::rpc::MAX_SUBSCRIPTIONS_PER_CONNECTION {
+        subscriptions.push(
+            ws.subscribe_verdicts()
+                .await
+                .unwrap(),
+        );
+    }
+    let refused =
+        ws.subscribe_verdicts().await;
+    assert!(refused.is_err_and(|e| e.to_string().contains("Too many subscriptions")));
+
+    // The node goes on serving everyone, this connection included.
+    let _: NodeStatus = ws.status().await.unwrap();
+    let http = HttpClientBuilder::default().build(format!("http://{addr}")).unwrap();
+    let _: NodeStatus = http.status().await.unwrap();
+    handle.stop().unwrap();
+}
+
+/// Fires `calls` status requests as fast as the client goes; returns how many
+/// were answered, after checking that every refusal is a rate-limit error.
+async fn burst(client: &(impl PoiApiClient + Sync), calls: usize) -> (usize, std::time::Duration) {
+    let start = std::time::Instant::now();
+    let mut answered = 0;
+    for _ in 0..calls {
+        match client.status().await {
+            Ok(_) => answered += 1,
+            Err(jsonrpsee::core::ClientError::Call(e)) => assert_eq!(e.code(), RATE_LIMITED, "{e}"),
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    (answered, start.elapsed())
+}
+
+/// At most one second of burst plus the refill over the elapsed time.
+fn allowed(per_s: u32, elapsed: std::time::Duration) -> usize {
+    (f64::from(per_s) * (1.0 + elapsed.as_secs_f64())).ceil() as usize + 1
+}
+
+#[tokio::test]
+async fn call_rate_is_limited_per_connection_and_per_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = RpcLimits { node_calls_per_s: Some(30), connection_calls_per_s: Some(10) };
+    let ((addr, handle), metrics) = limited_node(dir.path(), limits).await;
+
+    // One WebSocket connection is held to its own bucket ...
+    let ws = WsClientBuilder::default().build(format!("ws://{addr}")).await.unwrap();
+    let (answered, elapsed) = burst(&ws, 40).await;
+    assert!(answered >= 10 && answered <= allowed(10, elapsed), "ws: {answered} in {elapsed:?}");
+    // ... while another connection still gets through.
+    let other = WsClientBuilder::default().build(format!("ws://{addr}")).await.unwrap();
+    let _: NodeStatus = other.status().await.unwrap();
+
+    // HTTP requests each get a fresh connection bucket, so the node-wide one binds.
+    let http = HttpClientBuilder::default().build(format!("http://{addr}")).unwrap();
+    let (http_answered, http_elapsed) = burst(&http, 100).await;
+    let total = answered + 1 + http_answered;
+    assert!(total <= allowed(30, elapsed + http_elapsed), "node: {total} in {:?}", elapsed + http_elapsed);
+    assert!(http_answered < 100, "the node-wide limit refused nothing");
+    assert_eq!(metrics.rpc_rate_limited.get() as usize, 40 - answered + 100 - http_answered);
+    handle.stop().unwrap();
+}
+
+/// A raw HTTP POST over a TCP socket, returning the status line and body.
+async fn reqwest_free_post(addr: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// Connections past the limit are refused while every open one keeps being
+/// served; closing one frees its place.
+#[tokio::test]
+async fn connections_past_the_limit_are_refused_and_freed_on_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, handle) = node(dir.path()).await;
+    let mut open = Vec::new();
+    for _ in 0..poi_node::rpc::MAX_CONNECTIONS {
+        open.push(WsClientBuilder::default().build(format!("ws://{addr}")).await.unwrap());
+    }
+    let refused = WsClientBuilder::default().build(format!("ws://{addr}")).await;
+    assert!(refused.is_err(), "connection {} was accepted", poi_node::rpc::MAX_CONNECTIONS + 1);
+    for ws in [open.first().unwrap(), open.last().unwrap()] {
+        let _: NodeStatus = ws.status().await.unwrap();
+    }
+
+    drop(open.pop());
+    let mut reopened = None;
+    for _ in 0..50 {
+        if let Ok(ws) = WsClientBuilder::default().build(format!("ws://{addr}")).await {
+            reopened = Some(ws);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _: NodeStatus =
+        reopened.expect("a closed connection frees its place").status().await.unwrap();
+    handle.stop().unwrap();
+}

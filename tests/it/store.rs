@@ -1,0 +1,185 @@
+//! The ledger: RocksDB with atomic events, verdicts from votes (decided by
+//! the pipeline, stored with each event), history pages, and everything still
+//! there after a restart.
+
+use poi_verifier::simulate as common;
+
+use common::Chooser;
+use poi_artifact::{Artifact, ArtifactId, Keypair, Verdict, Vote, VoteBody, VoteFigures, SELECT_DOMAIN};
+use poi_chain_spec::{devnet_keypair, ChainSpec};
+use std::sync::Arc;
+
+use poi_node::metrics::Metrics;
+use poi_node::pipeline::{Admission, Pipeline, Source, VoteIngested};
+use poi_node::store::{HistoryQuery, LogEntry, Store, StoreError, VerdictRecord};
+use poi_verifier::verdict::{committee, is_selected, verdict, Status};
+
+fn artifact(seed: u64) -> Artifact {
+    common::build(&ChainSpec::devnet(), 16, seed, Chooser::Seeded).artifact
+}
+
+fn vote(key: &Keypair, id: &ArtifactId, verdict: Verdict) -> Vote {
+    let spec = ChainSpec::devnet();
+    VoteBody {
+        chain_id: spec.chain_id(),
+        artifact_id: *id,
+        validator: key.public(),
+        selection_proof: key.sign(SELECT_DOMAIN, id),
+        verdict,
+        figures: VoteFigures {
+            distance: 0.0,
+            match_ratio: 1.0,
+            surprisal_z: 0.0,
+            profile_id: "gguf-native-cpu".into(),
+        },
+        created_at_ms: 5,
+    }
+    .sign(key)
+}
+
+/// A devnet validator that may vote on `id` (selected or in its committee).
+fn eligible(id: &ArtifactId) -> Keypair {
+    let spec = ChainSpec::devnet();
+    (0..4)
+        .map(devnet_keypair)
+        .find(|k| {
+            committee(&spec, id).contains(&k.public())
+                || is_selected(&k.public(), id, &k.sign(SELECT_DOMAIN, id), spec.full_check_rate)
+        })
+        .unwrap()
+}
+
+/// A store and the pipeline that decides what goes into it, as a node has.
+fn ledger(dir: &std::path::Path) -> Pipeline {
+    let store = Arc::new(Store::open(dir, ChainSpec::devnet()).unwrap());
+    Pipeline::new(store, ChainSpec::devnet(), Arc::new(Metrics::default()), None, Admission::ANY_AGE)
+}
+
+/// Stores `artifact` received at `at` with the verdict of no votes.
+fn put(store: &Store, artifact: &Artifact, at: u64) -> bool {
+    let id = artifact.id();
+    let record = VerdictRecord::new(&id, &artifact.body.miner, &verdict(&ChainSpec::devnet(), &id, &[]), &[], at, at);
+    store.put_artifact(artifact, at, &record).unwrap()
+}
+
+#[test]
+fn artifacts_votes_and_verdicts_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = artifact(1);
+    let id = a.id();
+    {
+        let ledger = ledger(dir.path());
+        let first = ledger.ingest_artifact(&a.encode(), Source::Rpc).unwrap();
+        assert!(first.new);
+        assert!(!ledger.ingest_artifact(&a.encode(), Source::Gossip).unwrap().new, "duplicates are not rewritten");
+        assert_eq!(ledger.store().verdict(&id).unwrap().unwrap().status, Status::AcceptedReplayOnly);
+        let vote = vote(&eligible(&id), &id, Verdict::Accept).encode();
+        let VoteIngested::Stored(Some(record)) = ledger.ingest_vote(&vote, Source::Gossip).unwrap() else {
+            panic!("the vote was stored with a verdict")
+        };
+        assert_eq!(record.status, Status::Accepted);
+        assert_eq!(record.received_at_ms, first.verdict.received_at_ms, "a vote keeps the artifact's receive time");
+    }
+    let store = Store::open(dir.path(), ChainSpec::devnet()).unwrap();
+    assert_eq!(store.artifact(&id).unwrap().unwrap(), a);
+    assert_eq!(store.votes(&id).unwrap().len(), 1);
+    assert_eq!(store.verdict(&id).unwrap().unwrap().status, Status::Accepted);
+}
+
+#[test]
+fn a_vote_before_its_artifact_counts_once_the_artifact_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ledger(dir.path());
+    let a = artifact(2);
+    let id = a.id();
+    let v = vote(&eligible(&id), &id, Verdict::Reject).encode();
+    assert_eq!(ledger.ingest_vote(&v, Source::Gossip).unwrap(), VoteIngested::Stored(None));
+    assert_eq!(ledger.ingest_vote(&v, Source::Sync).unwrap(), VoteIngested::Duplicate, "a duplicate vote is a no-op");
+    assert_eq!(ledger.ingest_artifact(&a.encode(), Source::Sync).unwrap().verdict.status, Status::Disputed);
+    assert_eq!(ledger.store().verdict(&id).unwrap().unwrap().status, Status::Disputed);
+}
+
+#[test]
+fn a_data_dir_of_another_chain_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path(), ChainSpec::devnet()).unwrap());
+    let mut other = ChainSpec::devnet();
+    other.name = "other".into();
+    assert!(matches!(Store::open(dir.path(), other), Err(StoreError::WrongChain { .. })));
+}
+
+#[test]
+fn history_pages_newest_first_with_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), ChainSpec::devnet()).unwrap();
+    let artifacts: Vec<Artifact> = (10..35).map(artifact).collect();
+    for (i, a) in artifacts.iter().enumerate() {
+        put(&store, a, 1000 + i as u64);
+    }
+    let mut seen = Vec::new();
+    let mut query = HistoryQuery { limit: 10, ..Default::default() };
+    loop {
+        let (rows, next) = store.history(&query).unwrap();
+        seen.extend(rows.into_iter().map(|r| r.received_at_ms));
+        match next {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1000..1025).rev().collect::<Vec<u64>>());
+
+    let window = HistoryQuery { from_ms: Some(1005), to_ms: Some(1009), limit: 100, ..Default::default() };
+    let (rows, next) = store.history(&window).unwrap();
+    assert_eq!(rows.iter().map(|r| r.received_at_ms).collect::<Vec<_>>(), vec![1009, 1008, 1007, 1006, 1005]);
+    assert!(next.is_none());
+
+    let miner = artifacts[0].body.miner;
+    let (rows, _) = store.history(&HistoryQuery { miner: Some(miner), limit: 100, ..Default::default() }).unwrap();
+    assert_eq!(rows.len(), artifacts.iter().filter(|a| a.body.miner == miner).count());
+    let stranger = Keypair::from_secret([1; 32]).public();
+    assert!(store
+        .history(&HistoryQuery { miner: Some(stranger), limit: 5, ..Default::default() })
+        .unwrap()
+        .0
+        .is_empty());
+
+    let disputed = artifacts[3].id();
+    let reject = vote(&eligible(&disputed), &disputed, Verdict::Reject);
+    let outcome = verdict(&ChainSpec::devnet(), &disputed, std::slice::from_ref(&reject));
+    let record = VerdictRecord::new(&disputed, &artifacts[3].body.miner, &outcome, &[reject.clone()], 1003, 2000);
+    assert!(store.put_vote(&reject, Some(&record)).unwrap());
+    let (rows, _) =
+        store.history(&HistoryQuery { status: Some(Status::Disputed), limit: 100, ..Default::default() }).unwrap();
+    assert_eq!(rows.iter().map(|r| r.artifact_id.clone()).collect::<Vec<_>>(), vec![disputed.to_hex()]);
+}
+
+#[test]
+fn the_log_pages_through_everything_stored_in_order_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts: Vec<Artifact> = (10..15).map(artifact).collect();
+    let id = artifacts[0].id();
+    let v = vote(&eligible(&id), &id, Verdict::Accept);
+    {
+        let store = Store::open(dir.path(), ChainSpec::devnet()).unwrap();
+        for (i, a) in artifacts.iter().enumerate() {
+            put(&store, a, i as u64);
+        }
+        assert!(!put(&store, &artifacts[0], 99), "a duplicate takes no log entry");
+        assert!(store.put_vote(&v, None).unwrap());
+        assert!(!store.put_vote(&v, None).unwrap(), "nor does a duplicate vote");
+        store.set_sync_cursor(b"peer", 4).unwrap();
+    }
+    let store = Store::open(dir.path(), ChainSpec::devnet()).unwrap();
+    let first = store.log_page(0, 4, usize::MAX).unwrap();
+    assert_eq!(first.entries.len(), 4);
+    assert!(first.more);
+    assert_eq!(first.entries[0], LogEntry::Artifact(artifacts[0].encode()));
+    let rest = store.log_page(first.next, 100, usize::MAX).unwrap();
+    assert_eq!(rest.entries, vec![LogEntry::Artifact(artifacts[4].encode()), LogEntry::Vote(v.encode())]);
+    assert!(!rest.more);
+    assert_eq!(store.sync_cursor(b"peer").unwrap(), 4);
+    assert_eq!(store.sync_cursor(b"other").unwrap(), 0);
+    // Numbering continues after a restart.
+    put(&store, &artifact(20), 200);
+    assert_eq!(store.log_page(rest.next, 100, usize::MAX).unwrap().entries.len(), 1);
+}

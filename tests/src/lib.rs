@@ -1,0 +1,154 @@
+//! The test kit of poi's integration tests (`tests/it`): nodes on loopback
+//! with fixture settings, a running [`Testnet`] with partitions, the typed
+//! RPC client, and polling with a deadline instead of sleeps.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use poi_artifact::ArtifactId;
+use poi_chain_spec::{devnet_keypair, ChainSpec};
+use poi_node::config::NodeConfig;
+use poi_node::pipeline::Admission;
+use poi_node::service::{start, NodeHandle};
+use poi_rpc_api::{PoiApiClient, SubmitResult};
+
+/// Devnet validator `index` on loopback, its data under `dir`, joined to
+/// `bootnodes`, asking peers for what it missed every 300 ms. Fixture
+/// artifacts carry fixed, long-past creation times, so the admission window
+/// is off.
+pub fn node_config<'a>(
+    spec: &ChainSpec,
+    index: u32,
+    dir: &Path,
+    bootnodes: impl IntoIterator<Item = &'a NodeHandle>,
+) -> NodeConfig {
+    let mut config = NodeConfig::new(spec.clone(), devnet_keypair(index), dir.join(format!("node{index}")));
+    config.admission = Admission::ANY_AGE;
+    config.bootnodes = bootnodes.into_iter().map(NodeHandle::dial_addr).collect();
+    config.sync_interval = Duration::from_millis(300);
+    config
+}
+
+/// Starts validator `index` with [`node_config`].
+pub async fn node(spec: &ChainSpec, index: u32, dir: &Path, bootnodes: &[&NodeHandle]) -> NodeHandle {
+    start(node_config(spec, index, dir, bootnodes.iter().copied())).await.expect("node starts")
+}
+
+/// The node's typed JSON-RPC client over HTTP.
+pub fn client(node: &NodeHandle) -> HttpClient {
+    HttpClientBuilder::default().build(format!("http://{}", node.rpc_addr.expect("RPC on"))).expect("valid URL")
+}
+
+/// Submits canonical artifact bytes over JSON-RPC; panics if refused.
+pub async fn submit(node: &NodeHandle, bytes: &[u8]) -> SubmitResult {
+    client(node).submit_artifact(hex::encode(bytes)).await.expect("submitted")
+}
+
+pub fn stored(node: &NodeHandle, id: &ArtifactId) -> bool {
+    node.pipeline.store().has_artifact(id).expect("store readable")
+}
+
+/// Polls `done` every 50 ms until it holds or `limit` passes.
+pub async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    done()
+}
+
+/// A plain HTTP GET, as a scraper sends it; the whole response.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("sends");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("reads");
+    response
+}
+
+/// Devnet validators `0..n` in one process, each joined to all before it,
+/// with data under one temporary directory.
+pub struct Testnet {
+    pub spec: ChainSpec,
+    pub nodes: Vec<NodeHandle>,
+    dir: tempfile::TempDir,
+}
+
+impl Testnet {
+    pub async fn start(spec: ChainSpec, n: u32) -> Self {
+        Self::start_with(spec, n, |_, _| {}).await
+    }
+
+    /// As [`Self::start`], with `configure` changing each node's config.
+    pub async fn start_with(spec: ChainSpec, n: u32, mut configure: impl FnMut(u32, &mut NodeConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut nodes: Vec<NodeHandle> = Vec::new();
+        for index in 0..n {
+            let mut config = node_config(&spec, index, dir.path(), &nodes);
+            configure(index, &mut config);
+            nodes.push(start(config).await.expect("node starts"));
+        }
+        Self { spec, nodes, dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Blocks every connection between the two groups (node indexes) and
+    /// waits until none is left; false if one still is after 10 s.
+    pub async fn partition(&self, left: &[usize], right: &[usize]) -> bool {
+        for (near, far) in [(left, right), (right, left)] {
+            for &n in near {
+                for &f in far {
+                    self.nodes[n].network.block(self.nodes[f].peer_id).await.expect("network running");
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if !self.connected_across(left, right).await {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn connected_across(&self, left: &[usize], right: &[usize]) -> bool {
+        for &n in left {
+            let peers = self.nodes[n].network.peers().await.expect("network running");
+            if peers.iter().any(|p| right.iter().any(|&f| p.peer_id == self.nodes[f].peer_id)) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Lifts every block and has each node of `left` dial its partner in
+    /// `right`, so the halves reconnect at once.
+    pub async fn heal(&self, left: &[usize], right: &[usize]) {
+        for node in &self.nodes {
+            for other in &self.nodes {
+                node.network.unblock(other.peer_id).await.expect("network running");
+            }
+        }
+        for (&n, &f) in left.iter().zip(right) {
+            self.nodes[n].network.dial(self.nodes[f].dial_addr()).await.expect("dialled");
+        }
+    }
+
+    pub async fn stop(self) {
+        for node in self.nodes {
+            node.stop().await;
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Seeded generation (the miner's side of DESIGN §4) and the teacher-forced
+//! pass that the full check and proofs share.
+
+use half::f16;
+use poi_artifact::{
+    candidate_order, ArtifactBody, Candidate, DecodeError, FinishReason, Generation, History, PublicKey, Request,
+    SamplingParams,
+};
+use poi_chain_spec::ChainSpec;
+
+use crate::{Llama, ModelError, PenalisedTopK, TopCandidate};
+use poi_verifier::sampler::{choose_from, draw, Sampler};
+
+/// Tokens per forward call in teacher-forced prefill: long inputs go through
+/// the KV cache chunk by chunk, bounding the attention matrix.
+pub const PREFILL_CHUNK: usize = 512;
+
+/// What the generator produced: per position the logged candidates (sampler
+/// order) and the chosen index, ready for `Generation::new`.
+#[derive(Clone, Debug)]
+pub struct Generated {
+    pub positions: Vec<(Vec<Candidate>, u8)>,
+    pub tokens: Vec<u32>,
+    pub finish_reason: FinishReason,
+}
+
+impl Generated {
+    /// The unsigned artifact body for this generation on `spec`'s chain.
+    pub fn body(
+        &self,
+        spec: &ChainSpec,
+        miner: PublicKey,
+        request: Request,
+        created_at_ms: u64,
+    ) -> Result<ArtifactBody, DecodeError> {
+        Ok(ArtifactBody {
+            chain_id: spec.chain_id(),
+            miner,
+            request,
+            sampling: spec.sampling,
+            generation: Generation::new(spec.logged_k, &self.positions)?,
+            finish_reason: self.finish_reason,
+            created_at_ms,
+        })
+    }
+}
+
+/// Where each position's 64-bit draw comes from.
+pub enum Draws<'a> {
+    /// DESIGN §4 step 7 from the run seed: replayable.
+    Seeded([u8; 32]),
+    /// Any other source (an unseeded artifact): only the surprisal test applies.
+    External(&'a mut dyn FnMut() -> u64),
+}
+
+/// Step 1's logging: raw log-probs rounded to half, listed in the order step 3
+/// gives the rounded values (rounding can swap near-ties).
+pub fn logged_candidates(top: &[TopCandidate], history: &History, params: &SamplingParams) -> Vec<Candidate> {
+    let mut logged: Vec<Candidate> =
+        top.iter().map(|c| Candidate { token: c.token, logprob: f16::from_f32(c.logprob) }).collect();
+    let score = |c: &Candidate| history.penalised(c.token, f64::from(c.logprob.to_f32()), params);
+    logged.sort_by(|a, b| candidate_order((score(a), a.token), (score(b), b.token)));
+    logged
+}
+
+/// Generates up to `max_tokens` after `prompt` with the KV cache, sampling with
+/// sampler v1 from exactly the logged values. Stops after the eos token.
+/// `on_token` sees each chosen token as it comes (progress, streaming).
+pub fn generate(
+    model: &Llama,
+    prompt: &[u32],
+    params: &SamplingParams,
+    k: u16,
+    max_tokens: usize,
+    mut draws: Draws<'_>,
+    mut on_token: impl FnMut(u32),
+) -> Result<Generated, ModelError> {
+    if prompt.is_empty() {
+        return Err(ModelError::Metadata("an empty prompt has nothing to condition on".into()));
+    }
+    let config = model.config();
+    let eos = config.eos_token_id;
+    let mut cache = model.new_cache();
+    let mut history = History::new(prompt);
+    let mut selector = PenalisedTopK::new(config.vocab_size, usize::from(k), prompt);
+    let mut sampler = Sampler::new();
+    let mut out = Generated { positions: Vec::new(), tokens: Vec::new(), finish_reason: FinishReason::MaxTokens };
+    let mut logprobs = model.forward(prompt, &mut cache, prompt.len() - 1)?;
+    for position in 0..max_tokens {
+        let top = selector.select(&logprobs, &history, params);
+        let logged = logged_candidates(&top, &history, params);
+        let kept =
+            sampler.distribution(logged.iter().map(|c| (c.token, f64::from(c.logprob.to_f32()))), &history, params);
+        let draw = match &mut draws {
+            Draws::Seeded(seed) => draw(seed, position as u32),
+            Draws::External(source) => source(),
+        };
+        let index = choose_from(kept, draw).ok_or_else(|| ModelError::Metadata("no candidate to sample".into()))?;
+        let token = logged[index].token;
+        out.positions.push((logged, index as u8));
+        out.tokens.push(token);
+        on_token(token);
+        if token == eos {
+            out.finish_reason = FinishReason::Eos;
+            break;
+        }
+        if position + 1 == max_tokens {
+            break;
+        }
+        history.push(token);
+        selector.note(token);
+        logprobs = model.forward(&[token], &mut cache, 0)?;
+    }
+    Ok(out)
+}
+
+/// Teacher-forced prefill of `prompt ++ generated`: calls `each(i, row)` with
+/// the log-softmax row that predicts `generated[i]`, for every `i`, in order.
+pub fn teacher_forced(
+    model: &Llama,
+    prompt: &[u32],
+    generated: &[u32],
+    mut each: impl FnMut(usize, &[f32]),
+) -> Result<(), ModelError> {
+    if prompt.is_empty() || generated.is_empty() {
+        return Ok(());
+    }
+    // The last generated token predicts nothing that is checked.
+    let input: Vec<u32> = prompt.iter().chain(&generated[..generated.len() - 1]).copied().collect();
+    let first_prediction = prompt.len() - 1;
+    let vocab = model.config().vocab_size;
+    let mut cache = model.new_cache();
+    let mut next = 0;
+    for (c, chunk) in input.chunks(PREFILL_CHUNK).enumerate() {
+        let start = c * PREFILL_CHUNK;
+        let first_output = first_prediction.saturating_sub(start);
+        let rows = model.forward(chunk, &mut cache, first_output)?;
+        for row in rows.chunks_exact(vocab) {
+            each(next, row);
+            next += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Per generated position, the model's own penalised top-`k` (raw log-probs)
+/// under teacher forcing: the validator's side of `distance2`, or the "proof"
+/// a dishonest miner computes for tokens it generated elsewhere.
+pub fn teacher_forced_top_k(
+    model: &Llama,
+    prompt: &[u32],
+    generated: &[u32],
+    params: &SamplingParams,
+    k: u16,
+) -> Result<Vec<Vec<TopCandidate>>, ModelError> {
+    let mut history = History::new(prompt);
+    let mut selector = PenalisedTopK::new(model.config().vocab_size, usize::from(k), prompt);
+    let mut out = Vec::with_capacity(generated.len());
+    teacher_forced(model, prompt, generated, |i, row| {
+        out.push(selector.select(row, &history, params));
+        history.push(generated[i]);
+        selector.note(generated[i]);
+    })?;
+    Ok(out)
+}
+
+/// The pre-fill attack's "proof": keep `tokens` (generated by a cheaper
+/// model), log the pinned model's top-k for them (`pinned_tops`, from
+/// [`teacher_forced_top_k`]) as if it had generated them. A token outside the
+/// pinned top-k cannot be proved; the attacker swaps it in for the last
+/// candidate.
+pub fn prefill_proof(
+    pinned_tops: &[Vec<TopCandidate>],
+    prompt: &[u32],
+    tokens: &[u32],
+    finish_reason: FinishReason,
+    params: &SamplingParams,
+) -> Generated {
+    let mut history = History::new(prompt);
+    let mut positions = Vec::with_capacity(pinned_tops.len());
+    for (top, &token) in pinned_tops.iter().zip(tokens) {
+        let mut candidates = logged_candidates(top, &history, params);
+        let chosen = match candidates.iter().position(|c| c.token == token) {
+            Some(index) => index,
+            None => {
+                let last = candidates.len() - 1;
+                candidates[last].token = token;
+                last
+            }
+        };
+        positions.push((candidates, chosen as u8));
+        history.push(token);
+    }
+    Generated { positions, tokens: tokens.to_vec(), finish_reason }
+}

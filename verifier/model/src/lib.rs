@@ -1,0 +1,24 @@
+//! The model runtime (DESIGN §8): our own llama forward on candle over the
+//! pinned GGUF, returning log-probs at every position (candle-transformers'
+//! quantized llama keeps only the last position, which cannot serve the full
+//! check), with the GGUF's own tokenizer and chat template, seeded generation
+//! and the model half of the full check. The comparisons the full check makes
+//! are pure and live in `poi-verifier`.
+
+mod attention;
+pub mod chat;
+mod config;
+mod error;
+pub mod full_check;
+pub mod generate;
+mod llama;
+mod numerics;
+mod qmatmul;
+pub mod runtime;
+pub mod tokenizer;
+
+pub use config::LlamaConfig;
+pub use error::ModelError;
+pub use llama::{KvCache, Llama};
+pub use numerics::{builtin_profile, builtin_profiles, Numerics};
+pub use poi_verifier::topk::{PenalisedTopK, TopCandidate};

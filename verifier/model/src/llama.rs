@@ -1,0 +1,200 @@
+//! The llama forward pass. One code path serves teacher-forced prefill (many
+//! tokens, logits at every position) and incremental decoding (one token at a
+//! time against the KV cache); only the shapes differ, and every kernel on the
+//! path computes a row the same way whatever the shape (candle's quantized
+//! matmul works row by row; attention is ours, see `attention`), so decode and
+//! prefill agree bit for bit under the quantized profiles.
+
+use std::io::{Read, Seek};
+
+use candle_core::quantized::gguf_file::Content;
+use candle_core::quantized::QTensor;
+use candle_core::{Device, Tensor};
+use poi_chain_spec::NumericsProfile;
+use rayon::prelude::*;
+
+use crate::attention::{LayerCache, Rotary, Shape};
+use crate::numerics::Linear;
+use crate::{LlamaConfig, ModelError, Numerics};
+
+struct Layer {
+    attn_norm: Tensor,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    ffn_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Keys and values of every layer for the tokens seen so far.
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Tokens already in the cache: the position of the next one.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+pub struct Llama {
+    config: LlamaConfig,
+    numerics: Numerics,
+    embeddings: Tensor,
+    layers: Vec<Layer>,
+    output_norm: Tensor,
+    output: Linear,
+    rotary: Rotary,
+}
+
+impl Llama {
+    pub fn from_gguf<R: Read + Seek>(
+        content: &Content,
+        reader: &mut R,
+        profile: &NumericsProfile,
+    ) -> Result<Self, ModelError> {
+        let numerics = Numerics::resolve(profile)?;
+        let config = LlamaConfig::from_gguf(content)?;
+        let device = numerics.device().clone();
+        let mut tensor = |name: &str| -> Result<QTensor, ModelError> {
+            if !content.tensor_infos.contains_key(name) {
+                return Err(ModelError::Metadata(format!("missing tensor {name}")));
+            }
+            Ok(content.tensor(reader, name, &Device::Cpu)?)
+        };
+        let norm = |q: QTensor| -> Result<Tensor, ModelError> { Ok(q.dequantize(&device)?) };
+        let token_embd = numerics.convert(tensor("token_embd.weight")?)?;
+        let embeddings = numerics.dense(&token_embd)?;
+        check_shape(&embeddings, &[config.vocab_size, config.hidden_size], "token_embd.weight")?;
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            let mut linear =
+                |part: &str| numerics.linear(numerics.convert(tensor(&format!("blk.{i}.{part}.weight"))?)?);
+            layers.push(Layer {
+                wq: linear("attn_q")?,
+                wk: linear("attn_k")?,
+                wv: linear("attn_v")?,
+                wo: linear("attn_output")?,
+                gate: linear("ffn_gate")?,
+                up: linear("ffn_up")?,
+                down: linear("ffn_down")?,
+                attn_norm: norm(tensor(&format!("blk.{i}.attn_norm.weight"))?)?,
+                ffn_norm: norm(tensor(&format!("blk.{i}.ffn_norm.weight"))?)?,
+            });
+        }
+        let output_norm = norm(tensor("output_norm.weight")?)?;
+        // SmolLM2 ties the output projection to the embeddings.
+        let output = if content.tensor_infos.contains_key("output.weight") {
+            numerics.linear(numerics.convert(tensor("output.weight")?)?)?
+        } else {
+            numerics.linear(token_embd)?
+        };
+        let rotary = Rotary::new(config.head_dim(), config.rope_base, config.context_length);
+        Ok(Self { config, numerics, embeddings, layers, output_norm, output, rotary })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    pub fn profile(&self) -> &NumericsProfile {
+        self.numerics.profile()
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache { layers: vec![LayerCache::default(); self.config.n_layers], len: 0 }
+    }
+
+    /// Runs `tokens` after what `cache` holds and returns the log-softmax over
+    /// the vocabulary, row-major (rows × vocab), for the positions from
+    /// `first_output` on (relative to `tokens`): the prompt's positions before
+    /// the first prediction need no output projection.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, first_output: usize) -> Result<Vec<f32>, ModelError> {
+        let n = tokens.len();
+        let offset = cache.len;
+        if offset + n > self.config.context_length {
+            return Err(ModelError::TooLong { what: "input", found: offset + n, limit: self.config.context_length });
+        }
+        let vocab = self.config.vocab_size as u32;
+        if let Some(&token) = tokens.iter().find(|&&t| t >= vocab) {
+            return Err(ModelError::TokenOutOfVocabulary { token, vocab });
+        }
+        let device = self.numerics.device();
+        let ids = Tensor::new(tokens, device)?;
+        let mut x = self.embeddings.index_select(&ids, 0)?;
+        for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = self.block(layer, &x, offset, layer_cache)?;
+        }
+        cache.len += n;
+        if first_output >= n {
+            return Ok(Vec::new());
+        }
+        let x = x.narrow(0, first_output, n - first_output)?;
+        let x = candle_nn::ops::rms_norm(&x, &self.output_norm, self.config.rms_eps)?;
+        let mut rows = self.output.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        rows.par_chunks_mut(self.config.vocab_size).for_each(log_softmax_in_place);
+        Ok(rows)
+    }
+
+    fn block(&self, layer: &Layer, x: &Tensor, offset: usize, cache: &mut LayerCache) -> Result<Tensor, ModelError> {
+        let eps = self.config.rms_eps;
+        let h = candle_nn::ops::rms_norm(x, &layer.attn_norm, eps)?;
+        let attended = self.attention(layer, &h, offset, cache)?;
+        let x = (x + attended)?;
+        let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+        let gated = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+        Ok((x + layer.down.forward(&gated)?)?)
+    }
+
+    fn attention(
+        &self,
+        layer: &Layer,
+        h: &Tensor,
+        offset: usize,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor, ModelError> {
+        let c = &self.config;
+        let shape = Shape { heads: c.n_heads, kv_heads: c.n_kv_heads, head_dim: c.head_dim() };
+        let rows = |t: Tensor| -> candle_core::Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
+        let mut q = rows(layer.wq.forward(h)?)?;
+        let mut k = rows(layer.wk.forward(h)?)?;
+        let v = rows(layer.wv.forward(h)?)?;
+        self.rotary.apply(&mut q, c.hidden_size, offset);
+        self.rotary.apply(&mut k, c.n_kv_heads * c.head_dim(), offset);
+        let out = cache.attend(&shape, &q, &k, &v);
+        let out = Tensor::from_vec(out, (h.dim(0)?, c.hidden_size), h.device())?;
+        Ok(layer.wo.forward(&out)?)
+    }
+}
+
+/// Fixed summation order and `libm`'s `expf`/`logf`, so every platform and
+/// batch shape gives the same log-probs from the same logits.
+fn log_softmax_in_place(row: &mut [f32]) {
+    const LANES: usize = 8;
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut lanes = [0f32; LANES];
+    for chunk in row.chunks(LANES) {
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            *lane += libm::expf(x - max);
+        }
+    }
+    let total = lanes.iter().sum::<f32>();
+    let log_total = max + libm::logf(total);
+    row.iter_mut().for_each(|x| *x -= log_total);
+}
+
+fn check_shape(t: &Tensor, expected: &[usize], name: &str) -> Result<(), ModelError> {
+    if t.dims() != expected {
+        return Err(ModelError::Metadata(format!("{name} has shape {:?}, expected {expected:?}", t.dims())));
+    }
+    Ok(())
+}
