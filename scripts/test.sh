@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace, after fetching the pinned model if it is
+# Checks formatting and lints (rustfmt, clippy with warnings as errors), runs
+# every test of the workspace, after fetching the pinned model if it is
 # missing, then a short run of every fuzz target (scripts/fuzz.sh). The
 # reference vectors are read from ../shared/vectors (beside the project root).
 # Ends with one totals line, since cargo's own last line belongs to whichever
@@ -10,6 +11,8 @@ if [[ ! -d ../shared/vectors ]]; then
   echo "error: ../shared/vectors is missing; tests need the reference vectors beside the project" >&2
   exit 1
 fi
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 # The real-model tests need the pinned GGUF; fetching is idempotent.
 scripts/fetch-model.sh >/dev/null
 log=$(mktemp)

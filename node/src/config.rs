@@ -1,6 +1,6 @@
 //! Node configuration. [`Settings`] is what an operator writes (the TOML file
 //! of `poi node --config`, overlaid by its flags), with every default in its
-//! `Default`; [`NodeConfig`] is what [`crate::service::start`] takes: the
+//! `Default`; [`NodeConfig`] is what `service::start` takes: the
 //! settings resolved against a loaded chain spec, key and model.
 
 use std::net::SocketAddr;
@@ -167,5 +167,59 @@ impl NodeConfig {
     pub fn new(spec: ChainSpec, key: Keypair, data_dir: PathBuf) -> Self {
         let settings = Settings { rpc: SocketAddr::from(([127, 0, 0, 1], 0)), ..Settings::default() };
         Self::from_settings(spec, key, data_dir, &settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_defaults_and_every_key_of_the_readme_reads() {
+        assert_eq!(toml::from_str::<Settings>("").unwrap(), Settings::default());
+        let text = r#"
+            chain = "chain.json"
+            key = "validator.key"
+            data = "data/node0"
+            listen = ["/ip4/127.0.0.1/tcp/4001", "/ip4/127.0.0.1/udp/4001/quic-v1"]
+            bootnodes = ["/ip4/127.0.0.1/tcp/4002"]
+            rpc = "127.0.0.1:9545"
+            rpc_rate = 0
+            rpc_rate_per_connection = 7
+            metrics = "127.0.0.1:9615"
+            no_model = true
+            full_check_workers = 3
+            max_artifact_age = 0
+            max_clock_ahead = 10
+            sync_writes = true
+            model = "m.gguf"
+        "#;
+        let settings: Settings = toml::from_str(text).unwrap();
+        assert_eq!(settings.listen.len(), 2);
+        assert_eq!(settings.rpc, SocketAddr::from(([127, 0, 0, 1], 9545)));
+        assert_eq!(settings.rpc_limits(), RpcLimits { node_calls_per_s: None, connection_calls_per_s: Some(7) });
+        assert_eq!(settings.admission(), Admission::ANY_AGE, "age 0 turns the window off");
+        assert!(settings.no_model && settings.sync_writes);
+        let config = NodeConfig::from_settings(ChainSpec::devnet(), Keypair::generate(), "d".into(), &settings);
+        assert_eq!((config.full_check_workers, config.rpc, config.metrics), (3, Some(settings.rpc), settings.metrics));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_addresses_are_named() {
+        let err = toml::from_str::<Settings>("rpc_rates = 5").unwrap_err().to_string();
+        assert!(err.contains("rpc_rates"), "{err}");
+        let err = toml::from_str::<Settings>(r#"listen = ["/ip4/nowhere"]"#).unwrap_err().to_string();
+        assert!(err.contains("/ip4/nowhere") && err.contains("not a multiaddr"), "{err}");
+    }
+
+    #[test]
+    fn the_default_window_and_limits() {
+        let settings = Settings::default();
+        let window = settings.admission();
+        assert_eq!((window.max_age, window.max_ahead), (Some(Duration::from_secs(3600)), Duration::from_secs(300)));
+        assert_eq!(
+            settings.rpc_limits(),
+            RpcLimits { node_calls_per_s: Some(2000), connection_calls_per_s: Some(500) }
+        );
     }
 }

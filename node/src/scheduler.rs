@@ -101,7 +101,8 @@ pub fn duty(
 ) -> Option<FullCheckJob> {
     let id = artifact.id();
     let proof = key.sign(SELECT_DOMAIN, &id);
-    let selected = matches!(trigger, Trigger::Arrived(_)) && is_selected(&key.public(), &id, &proof, spec.full_check_rate);
+    let selected =
+        matches!(trigger, Trigger::Arrived(_)) && is_selected(&key.public(), &id, &proof, spec.full_check_rate);
     let disputed = matches!(trigger, Trigger::Disputed | Trigger::Arrived(Status::Disputed));
     let reason = if selected {
         CheckReason::Selected
@@ -158,7 +159,6 @@ impl Scheduler {
         }
         Self { jobs, pending, metrics }
     }
-
 }
 
 impl FullCheckQueue for Scheduler {

@@ -6,14 +6,14 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use poi_artifact::{Artifact, ArtifactId, Keypair, PublicKey, Verdict, Vote, VoteBody, VoteFigures, SELECT_DOMAIN};
 use poi_chain_spec::{devnet_keypair, ChainSpec};
 use poi_node::metrics::SourceLabel;
-use poi_node::network::join_as_outsider;
-use poi_rpc_api::{PoiApiClient, Status, SubmitResult};
+use poi_node::network::Topic;
 use poi_node::scheduler::FullChecker;
 use poi_node::service::{start, NodeHandle};
+use poi_rpc_api::{PoiApiClient, Status, SubmitResult};
+use poi_tests::Outsider;
 use poi_verifier::simulate::{body_with, build, miner, Chooser};
 
 struct Judge {
@@ -58,8 +58,7 @@ async fn a_minority_voting_wrongly_does_not_change_any_verdict() {
         let mut body = body_with(&spec, 16, 700 + seed, Chooser::Seeded);
         body.miner = signer.public();
         let artifact = body.sign(&signer);
-        let submitted: SubmitResult =
-            client.submit_artifact(hex::encode(artifact.encode())).await.unwrap();
+        let submitted: SubmitResult = client.submit_artifact(hex::encode(artifact.encode())).await.unwrap();
         assert!(submitted.stored);
         expected.push((artifact.id(), if honest { Status::Accepted } else { Status::Rejected }));
     }
@@ -119,27 +118,16 @@ async fn equivocating_and_unproven_votes_over_gossip_count_for_nothing() {
     let client = poi_tests::client(&nodes[0]);
     let _: SubmitResult = client.submit_artifact(hex::encode(&built.bytes)).await.unwrap();
 
-    let (mut evil, topics) = join_as_outsider(&spec, nodes[0].dial_addr(), Duration::from_secs(20)).await.unwrap();
+    let evil = Outsider::join(&spec, &nodes[0]).await;
     let (byzantine, honest) = (devnet_keypair(3), devnet_keypair(2));
     let elsewhere = poi_artifact::sha256(b"another artifact");
-    let votes = [
+    for vote in [
         vote(&spec, &byzantine, &id, &id, Verdict::Accept),
         vote(&spec, &byzantine, &id, &id, Verdict::Reject),
         vote(&spec, &honest, &id, &elsewhere, Verdict::Reject),
-    ];
-    let drive = tokio::spawn(async move {
-        for v in votes {
-            // Until the node's subscription to the votes topic is known,
-            // publishing finds no peer; retry while driving the swarm.
-            while evil.behaviour_mut().gossipsub.publish(topics.votes.clone(), v.encode()).is_err() {
-                let _ = tokio::time::timeout(Duration::from_millis(50), evil.select_next_some()).await;
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(50), evil.select_next_some()).await;
-        }
-        loop {
-            evil.select_next_some().await;
-        }
-    });
+    ] {
+        evil.publish(Topic::Votes, vote.encode());
+    }
 
     let named = |n: &NodeHandle| {
         n.pipeline.store().verdict(&id).unwrap().is_some_and(|v| v.equivocators == [byzantine.public().to_hex()])
@@ -156,7 +144,7 @@ async fn equivocating_and_unproven_votes_over_gossip_count_for_nothing() {
         assert_eq!(verdict.status, Status::AcceptedReplayOnly);
     }
     assert_eq!(refused(), 1, "the vote with another artifact's selection proof");
-    drive.abort();
+    drop(evil);
     for node in nodes {
         node.stop().await;
     }

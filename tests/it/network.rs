@@ -4,17 +4,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use poi_chain_spec::{devnet_keypair, ChainSpec};
-use poi_node::metrics::SourceLabel;
-use poi_node::network::{join_as_outsider, GRAYLIST_THRESHOLD};
-use poi_node::clock::now_ms;
-use poi_rpc_api::{PoiApiClient, Status};
-use poi_node::scheduler::{FullChecker, ModelChecker};
-use poi_node::config::{NodeConfig, Settings};
-use poi_node::service::{start, NodeHandle};
 use poi_model::runtime::{default_model_path, Runtime};
-use poi_tests::{eventually, http_get, node, stored, submit, Testnet};
+use poi_node::clock::now_ms;
+use poi_node::config::{NodeConfig, Settings};
+use poi_node::metrics::SourceLabel;
+use poi_node::network::{Topic, GRAYLIST_THRESHOLD};
+use poi_node::scheduler::{FullChecker, ModelChecker};
+use poi_node::service::{start, NodeHandle};
+use poi_rpc_api::{PoiApiClient, Status};
+use poi_tests::{eventually, http_get, node, stored, submit, Outsider, Testnet};
 use poi_verifier::simulate::{build, build_at, forged, Chooser};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,16 +96,10 @@ async fn invalid_gossip_is_not_forwarded_and_its_sender_is_penalised() {
     let b = node(&spec, 1, dir.path(), &[&a]).await;
 
     // A peer that speaks the protocol but publishes garbage and a forged artifact.
-    let (mut evil, topics) = join_as_outsider(&spec, a.dial_addr(), Duration::from_secs(20)).await.unwrap();
+    let evil = Outsider::join(&spec, &a).await;
     for bad in [b"not an artifact".to_vec(), forged(&spec, 16, 7)] {
-        evil.behaviour_mut().gossipsub.publish(topics.artifacts.clone(), bad).unwrap();
+        evil.publish(Topic::Artifacts, bad);
     }
-    let evil_id = *evil.local_peer_id();
-    let drive = tokio::spawn(async move {
-        loop {
-            evil.select_next_some().await;
-        }
-    });
 
     let rejected = |n: &NodeHandle| {
         n.metrics.artifacts_rejected.get_or_create(&poi_node::metrics::SourceLabel { source: "gossip" }).get()
@@ -114,8 +107,7 @@ async fn invalid_gossip_is_not_forwarded_and_its_sender_is_penalised() {
     assert!(eventually(Duration::from_secs(20), || rejected(&a) == 2).await, "a rejected both messages");
     let mut penalised = false;
     for _ in 0..40 {
-        let peers = a.network.peers().await.unwrap();
-        if peers.iter().any(|p| p.peer_id == evil_id && p.score.is_some_and(|s| s < 0.0)) {
+        if evil.score_at(&a).await < 0.0 {
             penalised = true;
             break;
         }
@@ -128,7 +120,7 @@ async fn invalid_gossip_is_not_forwarded_and_its_sender_is_penalised() {
     assert_eq!(b.pipeline.store().artifact_count_estimate().unwrap(), 0);
     let metrics = http_get(a.metrics_addr.unwrap(), "/metrics").await;
     assert!(metrics.contains("poi_artifacts_rejected_total{source=\"gossip\"} 2"), "{metrics}");
-    drive.abort();
+    drop(evil);
     a.stop().await;
     b.stop().await;
 }
@@ -144,22 +136,10 @@ async fn a_flooding_peer_is_graylisted_and_honest_artifacts_still_flow() {
     let a = node(&spec, 0, dir.path(), &[]).await;
     let b = node(&spec, 1, dir.path(), &[&a]).await;
 
-    let (mut evil, topics) = join_as_outsider(&spec, a.dial_addr(), Duration::from_secs(20)).await.unwrap();
-    let evil_id = *evil.local_peer_id();
-    let flood_spec = spec.clone();
-    let (flood_sent, all_sent) = tokio::sync::oneshot::channel();
-    let flood = tokio::spawn(async move {
-        for seed in 0..FLOOD as u64 {
-            let bad = forged(&flood_spec, 16, 10_000 + seed);
-            let _ = evil.behaviour_mut().gossipsub.publish(topics.artifacts.clone(), bad);
-            // Let the swarm send it.
-            let _ = tokio::time::timeout(Duration::from_millis(5), evil.select_next_some()).await;
-        }
-        let _ = flood_sent.send(());
-        loop {
-            evil.select_next_some().await;
-        }
-    });
+    let evil = Outsider::join(&spec, &a).await;
+    for seed in 0..FLOOD as u64 {
+        evil.publish(Topic::Artifacts, forged(&spec, 16, 10_000 + seed));
+    }
 
     let honest: Vec<_> = (0..20).map(|seed| build(&spec, 32, 800 + seed, Chooser::Seeded)).collect();
     for built in &honest {
@@ -169,7 +149,7 @@ async fn a_flooding_peer_is_graylisted_and_honest_artifacts_still_flow() {
     assert!(eventually(Duration::from_secs(20), || ids.iter().all(|id| stored(&b, id))).await, "honest flow stopped");
 
     let graylisted = |peers: &[poi_node::network::PeerInfo]| {
-        peers.iter().any(|p| p.peer_id == evil_id && p.score.is_some_and(|s| s < GRAYLIST_THRESHOLD))
+        peers.iter().any(|p| p.peer_id == evil.peer_id && p.score.is_some_and(|s| s < GRAYLIST_THRESHOLD))
     };
     let mut seen = false;
     for _ in 0..100 {
@@ -180,7 +160,7 @@ async fn a_flooding_peer_is_graylisted_and_honest_artifacts_still_flow() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(seen, "the flooder is not graylisted: {:?}", a.network.peers().await.unwrap());
-    tokio::time::timeout(Duration::from_secs(30), all_sent).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(30), evil.flush()).await.expect("the flood was sent within 30 s");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let checked =
         a.metrics.artifacts_rejected.get_or_create(&poi_node::metrics::SourceLabel { source: "gossip" }).get();
@@ -190,7 +170,7 @@ async fn a_flooding_peer_is_graylisted_and_honest_artifacts_still_flow() {
         let forged_id = build(&spec, 16, 10_000 + seed, Chooser::Seeded).artifact.id();
         assert!(!stored(&a, &forged_id) && !stored(&b, &forged_id));
     }
-    flood.abort();
+    drop(evil);
     a.stop().await;
     b.stop().await;
 }
@@ -253,41 +233,21 @@ async fn artifacts_outside_the_admission_window_are_refused_at_the_edges_but_syn
         [(2, now_ms() - 2 * max_age, "s ago"), (3, now_ms() + 2 * max_ahead, "s in the future")]
     {
         let built = at(seed, created_at_ms);
-        let refused = client
-            .submit_artifact(hex::encode(&built.bytes))
-            .await
-            .unwrap_err()
-            .to_string();
+        let refused = client.submit_artifact(hex::encode(&built.bytes)).await.unwrap_err().to_string();
         assert!(refused.contains("outside this node's admission window") && refused.contains(said), "{refused}");
         assert!(!stored(&a, &built.artifact.id()));
     }
     assert_eq!(outside(&a, "rpc"), 2);
 
-    let (mut outsider, topics) = join_as_outsider(&spec, a.dial_addr(), Duration::from_secs(20)).await.unwrap();
-    let outsider_id = *outsider.local_peer_id();
-    let (publish, mut to_publish) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-    let drive = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = outsider.select_next_some() => {}
-                Some(bytes) = to_publish.recv() => {
-                    outsider.behaviour_mut().gossipsub.publish(topics.artifacts.clone(), bytes).unwrap();
-                }
-            }
-        }
-    });
-    let score = || async {
-        let peers = a.network.peers().await.unwrap();
-        peers.iter().find(|p| p.peer_id == outsider_id).and_then(|p| p.score).unwrap_or(0.0)
-    };
+    let outsider = Outsider::join(&spec, &a).await;
     let just_past = at(4, now_ms() - max_age - 10_000);
     let far_past = at(5, now_ms() - 2 * max_age);
-    publish.send(just_past.bytes.clone()).unwrap();
-    publish.send(far_past.bytes.clone()).unwrap();
+    outsider.publish(Topic::Artifacts, just_past.bytes.clone());
+    outsider.publish(Topic::Artifacts, far_past.bytes.clone());
     assert!(eventually(Duration::from_secs(20), || outside(&a, "gossip") == 2).await);
     let mut last = 0.0;
     for _ in 0..40 {
-        last = score().await;
+        last = outsider.score_at(&a).await;
         if last < 0.0 {
             break;
         }
@@ -297,7 +257,7 @@ async fn artifacts_outside_the_admission_window_are_refused_at_the_edges_but_syn
     // only the artifact far past the window was held against the relay.
     assert!(last < 0.0 && last > -20.0, "the relay's score is {last}");
     assert!(!stored(&a, &just_past.artifact.id()) && !stored(&a, &far_past.artifact.id()));
-    drive.abort();
+    drop(outsider);
 
     // b admitted the old artifact (here: no window), then a meets b: sync
     // brings it over the window.

@@ -10,9 +10,9 @@ use jsonrpsee::http_client::HttpClientBuilder;
 use jsonrpsee::rpc_params;
 use jsonrpsee::ws_client::WsClientBuilder;
 use poi_chain_spec::ChainSpec;
+use poi_node::config::Settings;
 use poi_node::metrics::Metrics;
 use poi_node::pipeline::{Admission, Pipeline};
-use poi_node::config::Settings;
 use poi_node::rpc::{serve, Rpc, RpcLimits};
 use poi_node::store::Store;
 use poi_rpc_api::error_code::RATE_LIMITED;
@@ -42,10 +42,7 @@ async fn submit_query_and_subscribe_over_http_and_ws() {
     let (addr, handle) = node(dir.path()).await;
     let http = HttpClientBuilder::default().build(format!("http://{addr}")).unwrap();
     let ws = WsClientBuilder::default().build(format!("ws://{addr}")).await.unwrap();
-    let mut verdicts = ws
-        .subscribe_verdicts()
-        .await
-        .unwrap();
+    let mut verdicts = ws.subscribe_verdicts().await.unwrap();
 
     let artifact = common::build(&ChainSpec::devnet(), 24, 3, Chooser::Seeded).artifact;
     let hex = hex::encode(artifact.encode());
@@ -111,8 +108,7 @@ async fn bad_requests_get_errors_and_store_nothing() {
 
     let page = http.verdict_history(None).await.unwrap();
     assert_eq!(page.rows, vec![before.verdict], "nothing invalid was stored, nothing stored was changed");
-    let stored: Option<serde_json::Value> =
-        http.get_artifact(before.artifact_id.clone()).await.unwrap();
+    let stored: Option<serde_json::Value> = http.get_artifact(before.artifact_id.clone()).await.unwrap();
     let stored = poi_artifact::Artifact::from_json_str(&stored.unwrap().to_string()).unwrap();
     assert_eq!(stored.encode(), valid);
     handle.stop().unwrap();
@@ -136,14 +132,9 @@ async fn malformed_json_big_batches_and_subscription_floods_are_refused() {
     let ws = WsClientBuilder::default().build(format!("ws://{addr}")).await.unwrap();
     let mut subscriptions = Vec::new();
     for _ in 0..poi_node::rpc::MAX_SUBSCRIPTIONS_PER_CONNECTION {
-        subscriptions.push(
-            ws.subscribe_verdicts()
-                .await
-                .unwrap(),
-        );
+        subscriptions.push(ws.subscribe_verdicts().await.unwrap());
     }
-    let refused =
-        ws.subscribe_verdicts().await;
+    let refused = ws.subscribe_verdicts().await;
     assert!(refused.is_err_and(|e| e.to_string().contains("Too many subscriptions")));
 
     // The node goes on serving everyone, this connection included.
@@ -236,7 +227,6 @@ async fn connections_past_the_limit_are_refused_and_freed_on_close() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let _: NodeStatus =
-        reopened.expect("a closed connection frees its place").status().await.unwrap();
+    let _: NodeStatus = reopened.expect("a closed connection frees its place").status().await.unwrap();
     handle.stop().unwrap();
 }

@@ -1,17 +1,23 @@
 //! The test kit of poi's integration tests (`tests/it`): nodes on loopback
-//! with fixture settings, a running [`Testnet`] with partitions, the typed
-//! RPC client, and polling with a deadline instead of sleeps.
+//! with fixture settings, a running [`Testnet`] with partitions, a
+//! misbehaving peer ([`Outsider`]), the typed RPC client, and polling with a
+//! deadline instead of sleeps.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use libp2p::gossipsub;
+use libp2p::{PeerId, Swarm};
 use poi_artifact::ArtifactId;
 use poi_chain_spec::{devnet_keypair, ChainSpec};
 use poi_node::config::NodeConfig;
+use poi_node::network::{join_as_outsider, Behaviour, Topic, Topics};
 use poi_node::pipeline::Admission;
 use poi_node::service::{start, NodeHandle};
 use poi_rpc_api::{PoiApiClient, SubmitResult};
+use tokio::sync::{mpsc, oneshot};
 
 /// Devnet validator `index` on loopback, its data under `dir`, joined to
 /// `bootnodes`, asking peers for what it missed every 300 ms. Fixture
@@ -151,4 +157,80 @@ impl Testnet {
             node.stop().await;
         }
     }
+}
+
+/// A misbehaving peer: a throwaway identity outside the validator set,
+/// joined to one node's gossip topics, publishing whatever a test hands it.
+/// Its swarm runs in a task of its own until the `Outsider` is dropped.
+pub struct Outsider {
+    pub peer_id: PeerId,
+    publish: mpsc::UnboundedSender<Outgoing>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+enum Outgoing {
+    Message(Topic, Vec<u8>),
+    Flush(oneshot::Sender<()>),
+}
+
+impl Outsider {
+    /// Joins `node`; panics if its artifacts topic is not seen within 20 s.
+    pub async fn join(spec: &ChainSpec, node: &NodeHandle) -> Self {
+        let (mut swarm, topics) =
+            join_as_outsider(spec, node.dial_addr(), Duration::from_secs(20)).await.expect("outsider joins");
+        let peer_id = *swarm.local_peer_id();
+        let (publish, mut outgoing) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = swarm.select_next_some() => {}
+                    Some(next) = outgoing.recv() => match next {
+                        Outgoing::Message(topic, data) => publish_soon(&mut swarm, &topics, topic, data).await,
+                        Outgoing::Flush(done) => drop(done.send(())),
+                    },
+                }
+            }
+        });
+        Self { peer_id, publish, task }
+    }
+
+    /// Queues `data` for gossip on `topic`, in order.
+    pub fn publish(&self, topic: Topic, data: Vec<u8>) {
+        self.publish.send(Outgoing::Message(topic, data)).expect("outsider running");
+    }
+
+    /// Waits until everything queued so far was handed to gossipsub.
+    pub async fn flush(&self) {
+        let (done, flushed) = oneshot::channel();
+        self.publish.send(Outgoing::Flush(done)).expect("outsider running");
+        flushed.await.expect("outsider running");
+    }
+
+    /// `node`'s gossip score for this peer now (0 before it has one).
+    pub async fn score_at(&self, node: &NodeHandle) -> f64 {
+        let peers = node.network.peers().await.expect("network running");
+        peers.iter().find(|p| p.peer_id == self.peer_id).and_then(|p| p.score).unwrap_or(0.0)
+    }
+}
+
+impl Drop for Outsider {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Publishes once the target's subscription is known (until then gossipsub
+/// finds no peer for the topic: retried for up to 5 s), then lets the swarm
+/// send it before the next message.
+async fn publish_soon(swarm: &mut Swarm<Behaviour>, topics: &Topics, topic: Topic, data: Vec<u8>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match swarm.behaviour_mut().gossipsub.publish(topics.get(topic).clone(), data.clone()) {
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) if Instant::now() < deadline => {
+                let _ = tokio::time::timeout(Duration::from_millis(50), swarm.select_next_some()).await;
+            }
+            _ => break,
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_millis(5), swarm.select_next_some()).await;
 }

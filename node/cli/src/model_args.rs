@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use poi_chain_spec::{ChainSpec, NumericsProfile};
-use poi_model::{builtin_profile, builtin_profiles};
 use poi_model::runtime::{default_model_path, Runtime};
+use poi_model::{builtin_profile, builtin_profiles};
 
 #[derive(clap::Args, Clone)]
 pub struct ModelArgs {

@@ -191,10 +191,8 @@ impl EventLoop {
                 self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             }
             Command::Dial { addr, reply } => {
-                let result = self
-                    .swarm
-                    .dial(addr.clone())
-                    .map_err(|e| NetworkError::Dial { addr, reason: e.to_string() });
+                let result =
+                    self.swarm.dial(addr.clone()).map_err(|e| NetworkError::Dial { addr, reason: e.to_string() });
                 let _ = reply.send(result);
             }
             Command::Penalise(peer) => {

@@ -48,4 +48,3 @@ impl Admission {
 fn millis(duration: Duration) -> u64 {
     duration.as_millis().min(i64::MAX as u128) as u64
 }
-

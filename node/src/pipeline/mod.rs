@@ -263,7 +263,11 @@ impl Pipeline {
             }
             None => None,
         };
-        Ok(if self.store.put_vote(vote, record.as_ref())? { VoteIngested::Stored(record) } else { VoteIngested::Duplicate })
+        Ok(if self.store.put_vote(vote, record.as_ref())? {
+            VoteIngested::Stored(record)
+        } else {
+            VoteIngested::Duplicate
+        })
     }
 
     /// Stores this validator's own vote unless it already has one on the

@@ -81,7 +81,9 @@ impl Router {
 
     async fn on_done(&mut self, done: Done) -> Result<(), crate::network::NetworkError> {
         match done {
-            Done::Gossip { message_id, source, acceptance } => self.network.report(message_id, source, acceptance).await,
+            Done::Gossip { message_id, source, acceptance } => {
+                self.network.report(message_id, source, acceptance).await
+            }
             Done::ServeSync { channel, page } => self.network.respond_sync(channel, page).await,
             Done::SyncPage { peer, more, bad } => {
                 self.syncing.remove(&peer);

@@ -13,17 +13,40 @@ use crate::network::{SyncEntry, SyncResponse, Topic, SYNC_PAGE_BYTES, SYNC_PAGE_
 use crate::pipeline::{IngestError, Pipeline, Source};
 
 pub(super) enum Job {
-    Gossip { topic: Topic, message_id: MessageId, source: PeerId, data: Vec<u8> },
+    Gossip {
+        topic: Topic,
+        message_id: MessageId,
+        source: PeerId,
+        data: Vec<u8>,
+    },
     /// A page of a peer's log, from its sequence `from`.
-    SyncPage { peer: PeerId, from: u64, page: SyncResponse },
-    ServeSync { from: u64, channel: ResponseChannel<SyncResponse> },
+    SyncPage {
+        peer: PeerId,
+        from: u64,
+        page: SyncResponse,
+    },
+    ServeSync {
+        from: u64,
+        channel: ResponseChannel<SyncResponse>,
+    },
 }
 
 pub(super) enum Done {
-    Gossip { message_id: MessageId, source: PeerId, acceptance: MessageAcceptance },
+    Gossip {
+        message_id: MessageId,
+        source: PeerId,
+        acceptance: MessageAcceptance,
+    },
     /// `bad` entries were invalid; with none, the cursor moved on to `next`.
-    SyncPage { peer: PeerId, more: bool, bad: usize },
-    ServeSync { channel: ResponseChannel<SyncResponse>, page: SyncResponse },
+    SyncPage {
+        peer: PeerId,
+        more: bool,
+        bad: usize,
+    },
+    ServeSync {
+        channel: ResponseChannel<SyncResponse>,
+        page: SyncResponse,
+    },
 }
 
 pub(super) fn spawn(
@@ -36,9 +59,7 @@ pub(super) fn spawn(
     (0..count.max(1))
         .map(|index| {
             let (pipeline, jobs, done) = (pipeline.clone(), jobs.clone(), done.clone());
-            std::thread::Builder::new()
-                .name(format!("validate-{index}"))
-                .spawn(move || run(&pipeline, &jobs, &done))
+            std::thread::Builder::new().name(format!("validate-{index}")).spawn(move || run(&pipeline, &jobs, &done))
         })
         .collect()
 }

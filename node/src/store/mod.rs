@@ -198,7 +198,11 @@ impl Store {
         batch.put_cf(self.cf(CF_VOTES), &key, vote.encode());
         batch.put_cf(self.cf(CF_LOG), log_key(*next_seq, LOG_VOTE, &key), []);
         if let Some(verdict) = verdict {
-            batch.put_cf(self.cf(CF_VERDICTS), vote.body.artifact_id.0, serde_json::to_vec(verdict).expect("serialisable"));
+            batch.put_cf(
+                self.cf(CF_VERDICTS),
+                vote.body.artifact_id.0,
+                serde_json::to_vec(verdict).expect("serialisable"),
+            );
         }
         self.db.write_opt(batch, &self.writes)?;
         *next_seq += 1;

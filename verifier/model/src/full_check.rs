@@ -18,4 +18,3 @@ pub fn full_check(model: &Llama, artifact: &Artifact, thresholds: &Thresholds) -
     let validator = teacher_forced_top_k(model, prompt, &generated, &body.sampling, body.generation.k())?;
     Ok(compare(model.profile().id.clone(), &logged_top(artifact), &validator, thresholds))
 }
-

@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::chat::{ChatError, ChatTemplate, Message};
-use crate::{Llama, ModelError};
 use crate::tokenizer::{Tokenizer, TokenizerError};
+use crate::{Llama, ModelError};
 
 #[derive(Debug, Error)]
 pub enum RuntimeError {

@@ -11,8 +11,8 @@ use poi_chain_spec::{ChainSpec, DeviceClass, MatmulKernel, NumericsProfile};
 use poi_model::chat::Message;
 use poi_model::full_check::full_check;
 use poi_model::generate::{generate, teacher_forced, Draws, PREFILL_CHUNK};
-use poi_model::{builtin_profile, Llama, ModelError};
 use poi_model::runtime::{file_sha256, Runtime, RuntimeError};
+use poi_model::{builtin_profile, Llama, ModelError};
 use poi_verifier::{distance2, ReplayChecker, TopLogprobs};
 
 fn tiny_path() -> &'static PathBuf {

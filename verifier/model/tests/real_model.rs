@@ -7,10 +7,10 @@ use std::sync::OnceLock;
 
 use poi_artifact::{Artifact, Keypair, Request};
 use poi_chain_spec::ChainSpec;
+use poi_model::builtin_profile;
 use poi_model::chat::Message;
 use poi_model::full_check::full_check;
 use poi_model::generate::{generate, Draws};
-use poi_model::builtin_profile;
 use poi_model::runtime::{default_model_path, Runtime};
 use poi_verifier::ReplayChecker;
 use serde::Deserialize;

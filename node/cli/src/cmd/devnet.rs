@@ -13,15 +13,15 @@ use jsonrpsee::http_client::HttpClientBuilder;
 use jsonrpsee::ws_client::WsClientBuilder;
 use poi_artifact::{Artifact, Keypair, Request};
 use poi_chain_spec::{devnet_keypair, ChainSpec};
-use poi_node::clock::now_ms;
-use poi_rpc_api::SubmitResult;
-use poi_node::scheduler::{FullChecker, ModelChecker};
-use poi_node::config::NodeConfig;
-use poi_node::service::{self, NodeHandle};
-use poi_rpc_api::PoiApiClient;
 use poi_model::chat::Message;
 use poi_model::generate::{generate, prefill_proof, teacher_forced_top_k, Draws, Generated};
 use poi_model::runtime::Runtime;
+use poi_node::clock::now_ms;
+use poi_node::config::NodeConfig;
+use poi_node::scheduler::{FullChecker, ModelChecker};
+use poi_node::service::{self, NodeHandle};
+use poi_rpc_api::PoiApiClient;
+use poi_rpc_api::SubmitResult;
 
 use poi_cli::ModelArgs;
 
@@ -188,8 +188,7 @@ async fn start_nodes(
 async fn drive(args: &Args, spec: &ChainSpec, miner: &Miner, nodes: &[NodeHandle]) -> anyhow::Result<ExitCode> {
     let rpc: Vec<SocketAddr> = nodes.iter().map(|n| n.rpc_addr.expect("RPC on")).collect();
     let ws = WsClientBuilder::default().build(format!("ws://{}", rpc[0])).await?;
-    let mut verdicts =
-        ws.subscribe_verdicts().await?;
+    let mut verdicts = ws.subscribe_verdicts().await?;
     let mut submitted: Vec<(Kind, String)> = Vec::new();
     let mut refused: Vec<(Kind, String)> = Vec::new();
     for round in 0..args.rounds {
@@ -199,8 +198,7 @@ async fn drive(args: &Args, spec: &ChainSpec, miner: &Miner, nodes: &[NodeHandle
             let target = rpc[(round * 4 + i) % rpc.len()];
             let client = HttpClientBuilder::default().build(format!("http://{target}"))?;
             let id = artifact.id().to_hex();
-            let answer: Result<SubmitResult, _> =
-                client.submit_artifact(hex::encode(artifact.encode())).await;
+            let answer: Result<SubmitResult, _> = client.submit_artifact(hex::encode(artifact.encode())).await;
             match answer {
                 Ok(result) => {
                     println!(

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use poi_node::network::Multiaddr;
 use poi_cli::{ChainArg, ModelArgs};
 use poi_node::config::{NodeConfig, Settings};
+use poi_node::network::Multiaddr;
 use poi_node::scheduler::{FullChecker, ModelChecker};
 use poi_node::service;
 
@@ -84,28 +84,26 @@ impl Args {
             }
             None => Settings::default(),
         };
-        fn overlay<T: Clone>(field: &mut T, flag: &Option<T>) {
-            if let Some(value) = flag {
-                *field = value.clone();
-            }
+        // A flag given replaces the file's value (`into` makes `T` the
+        // `Option<T>` of optional settings).
+        macro_rules! overlay {
+            ($($flag:ident),*) => {$(
+                if let Some(value) = &self.$flag {
+                    settings.$flag = value.clone().into();
+                }
+            )*};
         }
-        overlay(&mut settings.chain, &self.chain.clone().map(Some));
-        overlay(&mut settings.key, &self.key.clone().map(Some));
-        overlay(&mut settings.data, &self.data.clone().map(Some));
-        overlay(&mut settings.model, &self.model.model.clone().map(Some));
+        overlay!(chain, key, data, rpc, rpc_rate, rpc_rate_per_connection, metrics, full_check_workers);
+        overlay!(max_artifact_age, max_clock_ahead);
+        if let Some(model) = &self.model.model {
+            settings.model = Some(model.clone());
+        }
         if !self.listen.is_empty() {
             settings.listen = self.listen.clone();
         }
         if !self.bootnodes.is_empty() {
             settings.bootnodes = self.bootnodes.clone();
         }
-        overlay(&mut settings.rpc, &self.rpc);
-        overlay(&mut settings.rpc_rate, &self.rpc_rate);
-        overlay(&mut settings.rpc_rate_per_connection, &self.rpc_rate_per_connection);
-        overlay(&mut settings.metrics, &self.metrics.map(Some));
-        overlay(&mut settings.full_check_workers, &self.full_check_workers);
-        overlay(&mut settings.max_artifact_age, &self.max_artifact_age);
-        overlay(&mut settings.max_clock_ahead, &self.max_clock_ahead);
         settings.no_model |= self.no_model;
         settings.sync_writes |= self.sync_writes;
         Ok(settings)
@@ -149,4 +147,53 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn settings(argv: &[&str]) -> anyhow::Result<Settings> {
+        Command::try_parse_from([&["node"][..], argv].concat())?.args.settings()
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "rpc_rate = 10\nrpc_rate_per_connection = 20\nsync_writes = true\nkey = \"a.key\"\n")
+            .unwrap();
+        let file = file.to_str().unwrap();
+        let from_file = settings(&["--config", file]).unwrap();
+        assert_eq!((from_file.rpc_rate, from_file.rpc_rate_per_connection), (10, 20));
+        assert_eq!(from_file.key, Some("a.key".into()));
+        assert!(from_file.sync_writes);
+        assert_eq!(from_file.max_artifact_age, Settings::default().max_artifact_age);
+
+        let flagged =
+            settings(&["--config", file, "--rpc-rate", "0", "--key", "b.key", "--max-artifact-age", "5"]).unwrap();
+        assert_eq!((flagged.rpc_rate, flagged.rpc_rate_per_connection), (0, 20));
+        assert_eq!(flagged.key, Some("b.key".into()));
+        assert_eq!(flagged.max_artifact_age, 5);
+        assert_eq!(settings(&[]).unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn a_bad_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "rpc_rates = 10\n").unwrap();
+        let err = format!("{:#}", settings(&["--config", file.to_str().unwrap()]).unwrap_err());
+        assert!(err.contains("node.toml") && err.contains("rpc_rates"), "{err}");
+        let err = format!("{:#}", settings(&["--config", "/nonexistent/node.toml"]).unwrap_err());
+        assert!(err.contains("reading /nonexistent/node.toml"), "{err}");
+    }
 }

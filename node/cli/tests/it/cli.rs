@@ -5,8 +5,8 @@ use poi_verifier::simulate as common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::Chooser;
 use crate::poi;
+use common::Chooser;
 use poi_artifact::{Artifact, Generation};
 use poi_chain_spec::ChainSpec;
 

@@ -8,8 +8,8 @@ use poi_model::chat::Message;
 use poi_model::generate::{generate, teacher_forced_top_k, Draws};
 use serde::Deserialize;
 
-use poi_cli::ModelArgs;
 use poi_cli::ChainArg;
+use poi_cli::ModelArgs;
 
 #[derive(clap::Args)]
 pub struct Args {

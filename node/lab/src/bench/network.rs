@@ -14,14 +14,14 @@ use futures::StreamExt;
 use jsonrpsee::http_client::HttpClientBuilder;
 use libp2p::PeerId;
 use poi_chain_spec::{devnet_keypair, ChainSpec};
+use poi_node::config::NodeConfig;
 use poi_node::metrics::SourceLabel;
 use poi_node::network::{join_as_outsider, GRAYLIST_THRESHOLD};
 use poi_node::pipeline::Admission;
 use poi_node::rpc::RpcLimits;
-use poi_rpc_api::SubmitResult;
-use poi_node::config::NodeConfig;
 use poi_node::service::{self, NodeHandle};
 use poi_rpc_api::PoiApiClient;
+use poi_rpc_api::SubmitResult;
 use poi_verifier::simulate::{build, forged, Chooser};
 use rayon::prelude::*;
 use tokio::sync::broadcast::error::RecvError;
@@ -168,8 +168,7 @@ async fn measure(
             loop {
                 let Some((i, (id, bytes))) = queue.lock().expect("queue").next() else { return Ok(()) };
                 submitted_at.lock().expect("map").insert(id, Instant::now());
-                let _: SubmitResult =
-                    clients[i % clients.len()].submit_artifact(hex::encode(bytes)).await?;
+                let _: SubmitResult = clients[i % clients.len()].submit_artifact(hex::encode(bytes)).await?;
             }
         }));
     }

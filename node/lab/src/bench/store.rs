@@ -10,8 +10,8 @@ use anyhow::Context;
 use poi_artifact::Artifact;
 use poi_chain_spec::ChainSpec;
 use poi_node::store::{Store, VerdictRecord};
-use poi_verifier::verdict::verdict;
 use poi_verifier::simulate::{build, Chooser};
+use poi_verifier::verdict::verdict;
 
 use crate::stats::quantile;
 

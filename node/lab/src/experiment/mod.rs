@@ -18,8 +18,8 @@ use plotters::style::RGBColor;
 use poi_model::builtin_profile;
 use poi_model::runtime::{cache_dir, default_model_path, Runtime};
 
-use poi_cli::ChainArg;
 use matrix::{Class, Decoding, RUNS};
+use poi_cli::ChainArg;
 use report::{PairData, Recommended, Results};
 
 #[derive(clap::Args)]
