@@ -60,18 +60,18 @@ async fn a_partitioned_network_keeps_working_and_converges_after_healing() {
     let on_left: Vec<_> = (0..3).map(|seed| build(&spec, 32, 500 + seed, Chooser::Seeded)).collect();
     let on_right: Vec<_> = (0..3).map(|seed| build(&spec, 32, 600 + seed, Chooser::Seeded)).collect();
     for built in &on_left {
-        assert!(submit(&a, &built.bytes).await.stored);
+        assert!(submit(a, &built.bytes).await.stored);
     }
     for built in &on_right {
-        assert!(submit(&d, &built.bytes).await.stored);
+        assert!(submit(d, &built.bytes).await.stored);
     }
     let ids = |built: &[poi_verifier::simulate::Built]| built.iter().map(|b| b.artifact.id()).collect::<Vec<_>>();
     let (left_ids, right_ids) = (ids(&on_left), ids(&on_right));
     let has_all = |n: &NodeHandle, ids: &[poi_artifact::ArtifactId]| ids.iter().all(|id| stored(n, id));
-    assert!(eventually(Duration::from_secs(20), || has_all(&b, &left_ids) && has_all(&c, &right_ids)).await);
+    assert!(eventually(Duration::from_secs(20), || has_all(b, &left_ids) && has_all(c, &right_ids)).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(left_ids.iter().all(|id| !stored(&c, id) && !stored(&d, id)), "left artifacts crossed the cut");
-    assert!(right_ids.iter().all(|id| !stored(&a, id) && !stored(&b, id)), "right artifacts crossed the cut");
+    assert!(left_ids.iter().all(|id| !stored(c, id) && !stored(d, id)), "left artifacts crossed the cut");
+    assert!(right_ids.iter().all(|id| !stored(a, id) && !stored(b, id)), "right artifacts crossed the cut");
 
     let healing = Instant::now();
     net.heal(&[2, 3], &[0, 1]).await;

@@ -145,8 +145,9 @@ fn history_pages_newest_first_with_filters() {
 
     let disputed = artifacts[3].id();
     let reject = vote(&eligible(&disputed), &disputed, Verdict::Reject);
-    let outcome = verdict(&ChainSpec::devnet(), &disputed, std::slice::from_ref(&reject));
-    let record = VerdictRecord::new(&disputed, &artifacts[3].body.miner, &outcome, &[reject.clone()], 1003, 2000);
+    let votes = std::slice::from_ref(&reject);
+    let outcome = verdict(&ChainSpec::devnet(), &disputed, votes);
+    let record = VerdictRecord::new(&disputed, &artifacts[3].body.miner, &outcome, votes, 1003, 2000);
     assert!(store.put_vote(&reject, Some(&record)).unwrap());
     let (rows, _) =
         store.history(&HistoryQuery { status: Some(Status::Disputed), limit: 100, ..Default::default() }).unwrap();
