@@ -17,9 +17,10 @@ use poi_artifact::Keypair;
 use poi_chain_spec::ChainSpec;
 use tokio::sync::{mpsc, oneshot};
 
+use behaviour::build_swarm;
 pub use behaviour::{
-    build_swarm, identity, join_as_outsider, Behaviour, BehaviourEvent, NetError, SyncEntry, SyncRequest, SyncResponse,
-    Topics, GRAYLIST_THRESHOLD, SYNC_PAGE_BYTES, SYNC_PAGE_ENTRIES, SYNC_PROTOCOL,
+    join_as_outsider, Behaviour, BehaviourEvent, NetError, SyncEntry, SyncRequest, SyncResponse, Topics,
+    GRAYLIST_THRESHOLD, SYNC_PAGE_BYTES, SYNC_PAGE_ENTRIES,
 };
 
 use crate::metrics::Metrics;
