@@ -59,7 +59,7 @@ fn ledger(dir: &std::path::Path) -> Pipeline {
 fn put(store: &Store, artifact: &Artifact, at: u64) -> bool {
     let id = artifact.id();
     let record = VerdictRecord::new(&id, &artifact.body.miner, &verdict(&ChainSpec::devnet(), &id, &[]), &[], at, at);
-    store.put_artifact(artifact, at, &record).unwrap()
+    store.put_artifact(artifact, &record).unwrap()
 }
 
 #[test]

@@ -170,10 +170,14 @@ impl Pipeline {
         result
     }
 
-    fn stored_verdict(&self, id: &ArtifactId) -> Result<VerdictRecord, StoreError> {
-        self.store
-            .verdict(id)?
-            .ok_or(StoreError::Corrupt { what: "verdict", detail: "artifact without verdict".into() })
+    /// The answer for an artifact that was already stored.
+    fn duplicate(&self, id: ArtifactId, label: &SourceLabel) -> Result<Ingested, IngestError> {
+        self.metrics.artifacts_duplicate.get_or_create(label).inc();
+        let verdict = self
+            .store
+            .verdict(&id)?
+            .ok_or(StoreError::Corrupt { what: "verdict", detail: "artifact without verdict".into() })?;
+        Ok(Ingested { id, new: false, verdict })
     }
 
     /// Checks and stores an artifact in canonical bytes.
@@ -190,8 +194,7 @@ impl Pipeline {
         // the id covers the body, and strict ed25519 allows one valid
         // signature per body, so only an exact copy can be a valid duplicate.
         if self.store.artifact_bytes(&id)?.as_deref() == Some(bytes) {
-            self.metrics.artifacts_duplicate.get_or_create(&label).inc();
-            return Ok(Ingested { id, new: false, verdict: self.stored_verdict(&id)? });
+            return self.duplicate(id, &label);
         }
         // The replay check comes first so that a forged artifact is
         // penalised as forged whatever time it claims.
@@ -202,10 +205,7 @@ impl Pipeline {
                 self.metrics.artifacts_outside_window.get_or_create(&label).inc();
             })?;
         }
-        let Some(verdict) = self.store_artifact(&artifact, now)? else {
-            self.metrics.artifacts_duplicate.get_or_create(&label).inc();
-            return Ok(Ingested { id, new: false, verdict: self.stored_verdict(&id)? });
-        };
+        let Some(verdict) = self.store_artifact(&artifact, now)? else { return self.duplicate(id, &label) };
         self.metrics.artifacts_stored.get_or_create(&label).inc();
         let _ = self.verdicts.send(verdict.clone());
         self.consider_full_check(&artifact, Trigger::Arrived(verdict.status));
@@ -223,7 +223,7 @@ impl Pipeline {
         let votes = self.store.votes(&id)?;
         let outcome = verdict(&self.spec, &id, &votes);
         let record = VerdictRecord::new(&id, &artifact.body.miner, &outcome, &votes, now, now);
-        Ok(self.store.put_artifact(artifact, now, &record)?.then_some(record))
+        Ok(self.store.put_artifact(artifact, &record)?.then_some(record))
     }
 
     /// Checks and stores a vote: chain, a validator of the spec, signature,

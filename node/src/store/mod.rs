@@ -160,15 +160,11 @@ impl Store {
     }
 
     /// Stores a checked artifact with its verdict, its time and miner index
-    /// entries and a log entry, in one batch; `false` if it was already there
-    /// (nothing is rewritten).
-    pub fn put_artifact(
-        &self,
-        artifact: &Artifact,
-        received_at_ms: u64,
-        verdict: &VerdictRecord,
-    ) -> Result<bool, StoreError> {
+    /// entries (at the verdict's `received_at_ms`) and a log entry, in one
+    /// batch; `false` if it was already there (nothing is rewritten).
+    pub fn put_artifact(&self, artifact: &Artifact, verdict: &VerdictRecord) -> Result<bool, StoreError> {
         let id = artifact.id();
+        let received_at_ms = verdict.received_at_ms;
         let mut next_seq = self.writer.lock().expect("writer lock");
         if self.has_artifact(&id)? {
             return Ok(false);

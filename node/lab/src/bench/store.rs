@@ -56,7 +56,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let (id, at) = (artifact.id(), received_at as u64);
             let votes = store.votes(&id)?;
             let record = VerdictRecord::new(&id, &artifact.body.miner, &verdict(&spec, &id, &votes), &votes, at, at);
-            store.put_artifact(artifact, at, &record)?;
+            store.put_artifact(artifact, &record)?;
             latencies.push(write.elapsed().as_secs_f64() * 1e3);
         }
         let rate = artifacts.len() as f64 / started.elapsed().as_secs_f64();
