@@ -11,25 +11,38 @@ use crate::error::{DecodeError, SignatureError};
 use crate::packing::PackedTokens;
 use crate::sampling::SamplingParams;
 
-pub const ARTIFACT_VERSION: u8 = 1;
+/// 2: the request carries `max_tokens` and stop tokens, and the binding covers
+/// them; half `-0`, NaN and infinities are refused at decode.
+pub const ARTIFACT_VERSION: u8 = 2;
+/// Stop tokens a request may name: a handful is all a chat template needs,
+/// and the bound keeps the replay check's per-position test O(1).
+pub const MAX_STOP_TOKENS: usize = 16;
 /// `k` is bounded so a chosen index fits one byte.
 pub const MAX_K: u16 = 255;
 const SIGNATURE_LEN: usize = 64;
+const NEGATIVE_ZERO_BITS: u16 = 0x8000;
+const EXPONENT_BITS: u16 = 0x7C00;
 
 /// What the requester asked for. The run seed derives from `user_seed` and
 /// `request_uuid`; an artifact without a user seed is unseeded (e.g. imported
 /// from an OpenAI-compatible server) and gets only the surprisal test.
+/// `max_tokens` and `stop_token_ids` are the stop rules: a generation ends at
+/// the eos token, at a stop token, or after exactly `max_tokens` tokens, so a
+/// miner cannot cut an output short where it likes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     pub request_uuid: [u8; 16],
     pub user_seed: Option<u64>,
     pub prompt_tokens: Vec<u32>,
+    pub max_tokens: u32,
+    pub stop_token_ids: Vec<u32>,
     pub binding: Option<RequestBinding>,
 }
 
-/// The requester's signature over uuid, seed and prompt: without it the miner
-/// could have picked the uuid after seeing outputs, so nodes flag the artifact
-/// as miner-seeded.
+/// The requester's signature over uuid, seed, prompt and stop rules. It
+/// counts only if the chain knows the requester's key (DESIGN §3): otherwise
+/// the miner could have picked the uuid after seeing outputs, so nodes record
+/// the artifact as miner-seeded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct RequestBinding {
     pub requester: PublicKey,
@@ -37,18 +50,26 @@ pub struct RequestBinding {
 }
 
 impl Request {
+    /// A request with no stop tokens and no binding.
+    pub fn new(request_uuid: [u8; 16], user_seed: Option<u64>, prompt_tokens: Vec<u32>, max_tokens: u32) -> Self {
+        Self { request_uuid, user_seed, prompt_tokens, max_tokens, stop_token_ids: Vec::new(), binding: None }
+    }
+
     /// `SHA256(u64_le(user_seed) || uuid_bytes[16])`, DESIGN §3.
     pub fn run_seed(&self) -> Option<[u8; 32]> {
         self.user_seed.map(|seed| run_seed(seed, &self.request_uuid))
     }
 
-    /// What a requester signs: the chain, the uuid, the seed and the prompt.
+    /// What a requester signs: the chain, the uuid, the seed, the prompt and
+    /// the stop rules.
     pub fn binding_digest(&self, chain_id: &ChainId) -> Hash32 {
         sha256(&codec::encode(&BindingMessage {
             chain_id,
             request_uuid: &self.request_uuid,
             user_seed: self.user_seed,
             prompt_tokens: &self.prompt_tokens,
+            max_tokens: self.max_tokens,
+            stop_token_ids: &self.stop_token_ids,
         }))
     }
 
@@ -58,13 +79,14 @@ impl Request {
             Some(RequestBinding { requester: requester.public(), signature: requester.sign(REQUEST_DOMAIN, &digest) });
     }
 
-    /// `Ok(false)` when there is no binding (miner-seeded), an error when a
-    /// binding is present but does not verify.
-    pub fn verify_binding(&self, chain_id: &ChainId) -> Result<bool, SignatureError> {
-        let Some(binding) = &self.binding else { return Ok(false) };
+    /// The requester whose valid signature binds this request, `None` when
+    /// there is no binding, an error when a binding is present but does not
+    /// verify. Whether the key counts is the chain's business.
+    pub fn verify_binding(&self, chain_id: &ChainId) -> Result<Option<PublicKey>, SignatureError> {
+        let Some(binding) = &self.binding else { return Ok(None) };
         let digest = self.binding_digest(chain_id);
         binding.requester.verify(REQUEST_DOMAIN, &digest, &binding.signature, "request binding")?;
-        Ok(true)
+        Ok(Some(binding.requester))
     }
 }
 
@@ -101,6 +123,19 @@ impl FinishReason {
             "stop" => Some(Self::Stop),
             _ => None,
         }
+    }
+}
+
+/// A log-probability rounded to nearest IEEE half, the way it is logged; a
+/// value that rounds to zero is +0, the one canonical zero (half -0 is
+/// refused at decode), so tiny negative log-probs of near-certain tokens log
+/// as +0.
+pub fn logged_half(logprob: f64) -> f16 {
+    let half = f16::from_f64(logprob);
+    if half == f16::ZERO {
+        f16::ZERO
+    } else {
+        half
     }
 }
 
@@ -182,6 +217,21 @@ impl Generation {
                 self.chosen[position], self.k
             )));
         }
+        // One encoding per value (DESIGN §4): half -0 would sort apart from
+        // +0 although the sampler ties them, and no NaN or infinity is a
+        // log-probability.
+        let k = usize::from(self.k);
+        // One pass over the bits: -0, or an all-ones exponent (NaN, ±inf).
+        let bad = |l: &f16| l.to_bits() == NEGATIVE_ZERO_BITS || l.to_bits() & EXPONENT_BITS == EXPONENT_BITS;
+        if let Some(index) = self.logprobs.iter().position(bad) {
+            let logprob = self.logprobs[index];
+            let problem = if logprob.is_finite() { "half -0 is not canonical (log it as +0)" } else { "not finite" };
+            return Err(DecodeError::Structure(format!(
+                "position {}, candidate {}: log-prob {logprob}: {problem}",
+                index / k,
+                index % k
+            )));
+        }
         Ok(())
     }
 
@@ -246,6 +296,8 @@ struct BindingMessage<'a> {
     request_uuid: &'a [u8; 16],
     user_seed: Option<u64>,
     prompt_tokens: &'a [u32],
+    max_tokens: u32,
+    stop_token_ids: &'a [u32],
 }
 
 #[derive(Encode, Decode)]
@@ -253,6 +305,8 @@ struct RequestWire {
     request_uuid: [u8; 16],
     user_seed: Option<u64>,
     prompt: PackedTokens,
+    max_tokens: u32,
+    stop_token_ids: Vec<u32>,
     binding: Option<RequestBinding>,
 }
 
@@ -290,6 +344,8 @@ impl ArtifactBody {
                 request_uuid: request.request_uuid,
                 user_seed: request.user_seed,
                 prompt: PackedTokens::pack(&request.prompt_tokens),
+                max_tokens: request.max_tokens,
+                stop_token_ids: request.stop_token_ids.clone(),
                 binding: request.binding,
             },
             sampling: self.sampling,
@@ -304,6 +360,12 @@ impl ArtifactBody {
 
     fn from_wire(wire: BodyWire) -> Result<Self, DecodeError> {
         let prompt_tokens = wire.request.prompt.unpack("prompt")?;
+        if wire.request.stop_token_ids.len() > MAX_STOP_TOKENS {
+            return Err(DecodeError::Structure(format!(
+                "{} stop tokens, the limit is {MAX_STOP_TOKENS}",
+                wire.request.stop_token_ids.len()
+            )));
+        }
         if wire.candidates.count() * 2 != wire.logprobs.len() {
             return Err(DecodeError::Structure(format!(
                 "{} candidate ids but {} bytes of log-probs",
@@ -325,6 +387,8 @@ impl ArtifactBody {
                 request_uuid: wire.request.request_uuid,
                 user_seed: wire.request.user_seed,
                 prompt_tokens,
+                max_tokens: wire.request.max_tokens,
+                stop_token_ids: wire.request.stop_token_ids,
                 binding: wire.request.binding,
             },
             sampling: wire.sampling,

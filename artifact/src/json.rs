@@ -38,6 +38,9 @@ pub struct RequestJson {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_seed: Option<String>,
     pub prompt_tokens: Vec<u32>,
+    pub max_tokens: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop_token_ids: Vec<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<BindingJson>,
 }
@@ -89,6 +92,8 @@ impl From<&Artifact> for ArtifactJson {
                 request_uuid: uuid::Uuid::from_bytes(request.request_uuid).hyphenated().to_string(),
                 user_seed: request.user_seed.map(|s| s.to_string()),
                 prompt_tokens: request.prompt_tokens.clone(),
+                max_tokens: request.max_tokens,
+                stop_token_ids: request.stop_token_ids.clone(),
                 binding: request
                     .binding
                     .map(|b| BindingJson { requester: b.requester.to_hex(), signature: b.signature.to_hex() }),
@@ -158,7 +163,14 @@ impl TryFrom<&ArtifactJson> for Artifact {
         let body = ArtifactBody {
             chain_id: parse_hex("chain_id", &json.chain_id, Hash32::from_hex)?,
             miner: parse_hex("miner", &json.miner, PublicKey::from_hex)?,
-            request: Request { request_uuid, user_seed, prompt_tokens: json.request.prompt_tokens.clone(), binding },
+            request: Request {
+                request_uuid,
+                user_seed,
+                prompt_tokens: json.request.prompt_tokens.clone(),
+                max_tokens: json.request.max_tokens,
+                stop_token_ids: json.request.stop_token_ids.clone(),
+                binding,
+            },
             sampling: json.sampling,
             generation: Generation::new(json.k, &positions)?,
             finish_reason: FinishReason::parse(&json.finish_reason)
@@ -205,6 +217,8 @@ pub struct VoteJson {
     pub match_ratio: f64,
     pub surprisal_z: f64,
     pub profile_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
     pub created_at_ms: u64,
     pub signature: String,
 }
@@ -223,6 +237,7 @@ impl From<&Vote> for VoteJson {
             match_ratio: body.figures.match_ratio,
             surprisal_z: body.figures.surprisal_z,
             profile_id: body.figures.profile_id.clone(),
+            reason: body.figures.reason.clone(),
             created_at_ms: body.created_at_ms,
             signature: vote.signature.to_hex(),
         }
@@ -245,6 +260,7 @@ impl TryFrom<&VoteJson> for Vote {
                 match_ratio: json.match_ratio,
                 surprisal_z: json.surprisal_z,
                 profile_id: json.profile_id.clone(),
+                reason: json.reason.clone(),
             },
             created_at_ms: json.created_at_ms,
         };

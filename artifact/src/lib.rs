@@ -16,8 +16,8 @@ pub mod sync;
 mod vote;
 
 pub use artifact::{
-    run_seed, Artifact, ArtifactBody, Candidate, FinishReason, Generation, Position, Request, RequestBinding,
-    ARTIFACT_VERSION, MAX_K,
+    logged_half, run_seed, Artifact, ArtifactBody, Candidate, FinishReason, Generation, Position, Request,
+    RequestBinding, ARTIFACT_VERSION, MAX_K, MAX_STOP_TOKENS,
 };
 pub use codec::MAX_WIRE_BYTES;
 pub use crypto::{
@@ -26,8 +26,10 @@ pub use crypto::{
 };
 pub use error::{DecodeError, JsonError, SignatureError};
 pub use half::f16;
-pub use sampling::{candidate_order, History, SamplingParams};
-pub use vote::{Verdict, Vote, VoteBody, VoteFigures, MAX_PROFILE_ID_LEN, MAX_VOTE_BYTES, VOTE_VERSION};
+pub use sampling::{candidate_order, penalise, History, SamplingParams};
+pub use vote::{
+    Verdict, Vote, VoteBody, VoteFigures, MAX_PROFILE_ID_LEN, MAX_REASON_LEN, MAX_VOTE_BYTES, VOTE_VERSION,
+};
 
 /// Canonical encoding for other crates' consensus objects (e.g. the chain spec),
 /// so that every hashed byte string comes from the one codec.

@@ -4,7 +4,6 @@
 //! Such a server does not log a run seed, so the result carries no user seed and
 //! gets only the surprisal test, never the replay.
 
-use half::f16;
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -106,7 +105,7 @@ pub fn import_chat_completion(response: &str, ctx: &ImportContext<'_>) -> Result
         completion.prompt_token_ids.or_else(|| ctx.prompt_tokens.clone()).ok_or(ImportError::NoPromptTokens)?;
     let k = usize::from(ctx.k);
     let mut history = History::new(&prompt_tokens);
-    let mut positions = Vec::with_capacity(content.len());
+    let mut positions: Vec<(Vec<Candidate>, u8)> = Vec::with_capacity(content.len());
     for (position, entry) in content.iter().enumerate() {
         let resolve = |token: &str| {
             ctx.resolver.resolve(token).ok_or_else(|| ImportError::UnknownToken { position, token: token.to_string() })
@@ -121,7 +120,7 @@ pub fn import_chat_completion(response: &str, ctx: &ImportContext<'_>) -> Result
             if scored.iter().any(|(_, c): &(f64, Candidate)| c.token == token) {
                 return Err(ImportError::DuplicateCandidate { position, token });
             }
-            let logprob = f16::from_f64(top.logprob);
+            let logprob = crate::artifact::logged_half(top.logprob);
             let score = history.penalised(token, logprob.to_f64(), &ctx.sampling);
             scored.push((score, Candidate { token, logprob }));
         }
@@ -138,15 +137,22 @@ pub fn import_chat_completion(response: &str, ctx: &ImportContext<'_>) -> Result
         history.push(chosen_token);
     }
     // OpenAI's "stop" covers both the eos token and stop strings; only the
-    // token budget is unambiguous.
+    // token budget is unambiguous. The server ended on its last token, so
+    // that token is the request's stop rule as far as the artifact can say.
+    let generated = positions.len() as u32;
+    let mut request = Request::new(ctx.request_uuid, None, prompt_tokens, generated);
     let finish_reason = match choice.finish_reason.as_deref() {
         Some("length") => FinishReason::MaxTokens,
-        _ => FinishReason::Stop,
+        _ => {
+            let last = positions.last().map(|(candidates, chosen)| candidates[usize::from(*chosen)].token);
+            request.stop_token_ids.extend(last);
+            FinishReason::Stop
+        }
     };
     Ok(ArtifactBody {
         chain_id: ctx.chain_id,
         miner: ctx.submitter,
-        request: Request { request_uuid: ctx.request_uuid, user_seed: None, prompt_tokens, binding: None },
+        request,
         sampling: ctx.sampling,
         generation: Generation::new(ctx.k, &positions)?,
         finish_reason,

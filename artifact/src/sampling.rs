@@ -80,14 +80,20 @@ impl History {
 
     /// Step 2: the penalised score of a raw log-prob.
     pub fn penalised(&self, token: u32, logprob: f64, params: &SamplingParams) -> f64 {
-        let Some(&count) = self.generated.get(&token) else { return logprob };
-        let mut x = logprob * params.repetition_penalty;
-        x -= params.frequency_penalty * f64::from(count);
-        if count > 0 {
-            x -= params.presence_penalty;
-        }
-        x
+        penalise(logprob, self.generated.get(&token).copied(), params)
     }
+}
+
+/// Step 2 for a token that is in the history with `count` generated
+/// occurrences (`None`: not in the history at all).
+pub fn penalise(logprob: f64, count: Option<u32>, params: &SamplingParams) -> f64 {
+    let Some(count) = count else { return logprob };
+    let mut x = logprob * params.repetition_penalty;
+    x -= params.frequency_penalty * f64::from(count);
+    if count > 0 {
+        x -= params.presence_penalty;
+    }
+    x
 }
 
 /// Step 3: higher score first, ties broken by lower token id.

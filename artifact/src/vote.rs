@@ -6,10 +6,13 @@ use crate::codec;
 use crate::crypto::{sha256, ArtifactId, ChainId, Keypair, PublicKey, Signature, VoteId, VOTE_DOMAIN};
 use crate::error::{DecodeError, SignatureError};
 
-pub const VOTE_VERSION: u8 = 1;
+/// 2: figures carry the reason for the verdict.
+pub const VOTE_VERSION: u8 = 2;
 pub const MAX_PROFILE_ID_LEN: usize = 64;
+/// Enough for "position 117: …" with both values; longer reasons are cut.
+pub const MAX_REASON_LEN: usize = 240;
 /// A vote is small and fixed in shape; anything larger is not a vote.
-pub const MAX_VOTE_BYTES: usize = 512;
+pub const MAX_VOTE_BYTES: usize = 768;
 const SIGNATURE_LEN: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Encode, Decode)]
@@ -44,8 +47,25 @@ pub struct VoteFigures {
     pub distance: f64,
     pub match_ratio: f64,
     pub surprisal_z: f64,
-    /// The numerics profile the validator ran the model under.
+    /// The numerics profile the validator ran the model under, with its
+    /// version (`NumericsProfile::label`): only votes under the chain's own
+    /// profile count.
     pub profile_id: String,
+    /// Why the validator voted so: empty for accept, the first difference
+    /// for reject, the error for inconclusive. At most `MAX_REASON_LEN` bytes.
+    pub reason: String,
+}
+
+impl VoteFigures {
+    /// `reason` cut to `MAX_REASON_LEN` bytes on a character boundary, so a
+    /// long error message cannot make the vote undecodable.
+    pub fn bounded_reason(reason: &str) -> String {
+        let mut end = reason.len().min(MAX_REASON_LEN);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason[..end].to_string()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
@@ -128,6 +148,12 @@ impl Vote {
             return Err(DecodeError::Structure(format!(
                 "profile id of {} bytes, the limit is {MAX_PROFILE_ID_LEN}",
                 wire.body.figures.profile_id.len()
+            )));
+        }
+        if wire.body.figures.reason.len() > MAX_REASON_LEN {
+            return Err(DecodeError::Structure(format!(
+                "reason of {} bytes, the limit is {MAX_REASON_LEN}",
+                wire.body.figures.reason.len()
             )));
         }
         let id = sha256(&bytes[..bytes.len() - SIGNATURE_LEN]);

@@ -12,7 +12,8 @@ fn arb_body() -> impl Strategy<Value = ArtifactBody> {
     let k = 1u16..=8;
     (k, 1usize..=12, prop::collection::vec(any::<u32>(), 0..16), any::<Option<u64>>(), any::<[u8; 16]>())
         .prop_flat_map(|(k, n, prompt, seed, uuid)| {
-            let cells = prop::collection::vec((any::<u32>(), any::<u16>()), usize::from(k) * n);
+            // Canonical halves: +0 or a negative finite value.
+            let cells = prop::collection::vec((any::<u32>(), 0u16..0x7C00), usize::from(k) * n);
             let chosen = prop::collection::vec(0..k as u8, n);
             (Just(k), cells, chosen, Just(prompt), Just(seed), Just(uuid), 0u8..3, any::<u64>())
         })
@@ -21,11 +22,21 @@ fn arb_body() -> impl Strategy<Value = ArtifactBody> {
                 .chunks(usize::from(k))
                 .zip(chosen)
                 .map(|(chunk, c)| {
-                    (chunk.iter().map(|&(token, bits)| Candidate { token, logprob: f16::from_bits(bits) }).collect(), c)
+                    (
+                        chunk
+                            .iter()
+                            .map(|&(token, bits)| Candidate {
+                                token,
+                                logprob: f16::from_bits(if bits == 0 { 0 } else { 0x8000 | bits }),
+                            })
+                            .collect(),
+                        c,
+                    )
                 })
                 .collect();
             let mut body = common::sample_body();
-            body.request = Request { request_uuid, user_seed, prompt_tokens, binding: None };
+            body.request = Request::new(request_uuid, user_seed, prompt_tokens, positions.len() as u32);
+            body.request.stop_token_ids = vec![created_at_ms as u32; (created_at_ms % 4) as usize];
             body.generation = Generation::new(k, &positions).unwrap();
             body.finish_reason = [FinishReason::Eos, FinishReason::MaxTokens, FinishReason::Stop][finish as usize];
             body.created_at_ms = created_at_ms;

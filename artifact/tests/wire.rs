@@ -25,10 +25,10 @@ fn artifact_encoding_matches_golden_bytes() {
     let bytes = artifact.encode();
     assert_eq!(
         hex::encode(&bytes),
-        golden("artifact-v1.hex", &hex::encode(&bytes)),
+        golden("artifact-v2.hex", &hex::encode(&bytes)),
         "canonical artifact encoding changed"
     );
-    assert_eq!(artifact.id().to_hex(), golden("artifact-v1.id", &artifact.id().to_hex()));
+    assert_eq!(artifact.id().to_hex(), golden("artifact-v2.id", &artifact.id().to_hex()));
     let decoded = Artifact::decode(&bytes, LIMIT).unwrap();
     assert_eq!(decoded, artifact);
     assert_eq!(decoded.id(), artifact.id());
@@ -39,8 +39,8 @@ fn artifact_encoding_matches_golden_bytes() {
 fn vote_encoding_matches_golden_bytes() {
     let vote = sample_vote();
     let bytes = vote.encode();
-    assert_eq!(hex::encode(&bytes), golden("vote-v1.hex", &hex::encode(&bytes)), "canonical vote encoding changed");
-    assert_eq!(vote.id().to_hex(), golden("vote-v1.id", &vote.id().to_hex()));
+    assert_eq!(hex::encode(&bytes), golden("vote-v2.hex", &hex::encode(&bytes)), "canonical vote encoding changed");
+    assert_eq!(vote.id().to_hex(), golden("vote-v2.id", &vote.id().to_hex()));
     let decoded = Vote::decode(&bytes).unwrap();
     assert_eq!(decoded, vote);
     decoded.verify_signature().unwrap();
@@ -124,18 +124,20 @@ fn signatures_are_domain_separated_and_key_bound() {
 }
 
 #[test]
-fn request_binding_covers_uuid_seed_prompt_and_chain() {
+fn request_binding_covers_uuid_seed_prompt_stop_rules_and_chain() {
     let requester = Keypair::from_secret([5; 32]);
     let mut request = sample_body().request;
-    assert_eq!(request.verify_binding(&chain_id()), Ok(false));
+    assert_eq!(request.verify_binding(&chain_id()), Ok(None));
     request.bind(&chain_id(), &requester);
-    assert_eq!(request.verify_binding(&chain_id()), Ok(true));
+    assert_eq!(request.verify_binding(&chain_id()), Ok(Some(requester.public())));
     assert!(request.verify_binding(&poi_artifact::Hash32([0; 32])).is_err());
     for tamper in [
         |r: &mut poi_artifact::Request| r.user_seed = Some(43),
         |r: &mut poi_artifact::Request| r.request_uuid[0] ^= 1,
         |r: &mut poi_artifact::Request| r.prompt_tokens.push(5),
         |r: &mut poi_artifact::Request| r.user_seed = None,
+        |r: &mut poi_artifact::Request| r.max_tokens += 1,
+        |r: &mut poi_artifact::Request| r.stop_token_ids.clear(),
     ] {
         let mut changed = request.clone();
         tamper(&mut changed);
@@ -158,9 +160,9 @@ fn every_decode_error_path_is_typed() {
         DecodeError::TooLarge { len: bytes.len(), limit: bytes.len() - 1 }
     );
     assert_eq!(decode(&[]), DecodeError::Empty);
-    let mut v2 = bytes.clone();
-    v2[0] = 2;
-    assert_eq!(decode(&v2), DecodeError::UnknownVersion { what: "artifact", found: 2, supported: 1 });
+    let mut v1 = bytes.clone();
+    v1[0] = 1;
+    assert_eq!(decode(&v1), DecodeError::UnknownVersion { what: "artifact", found: 1, supported: 2 });
     assert_eq!(decode(&bytes[..bytes.len() - 1]), DecodeError::Truncated);
     let mut trailing = bytes.clone();
     trailing.push(0);
@@ -186,6 +188,19 @@ fn every_decode_error_path_is_typed() {
     let mut bad_chosen = bytes.clone();
     bad_chosen[finish - 1] = 4;
     assert!(matches!(decode(&bad_chosen), DecodeError::Structure(m) if m.contains("chosen index 4")));
+
+    // Log-probs: 2 bytes each, little-endian, just before the chosen indexes
+    // (3 bytes and their length, 8). Half -0 and NaN are refused at decode.
+    let last_logprob = finish - 3 - 8 - 2;
+    for (bits, what) in [(0x8000u16, "-0"), (0x7E00, "not finite"), (0xFC00, "not finite")] {
+        let mut bad = bytes.clone();
+        bad[last_logprob..last_logprob + 2].copy_from_slice(&bits.to_le_bytes());
+        assert!(matches!(decode(&bad), DecodeError::Structure(m) if m.contains(what)), "{bits:#x}");
+    }
+    let mut too_many_stops = sample_body();
+    too_many_stops.request.stop_token_ids = vec![7; poi_artifact::MAX_STOP_TOKENS + 1];
+    let bytes = too_many_stops.sign(&miner()).encode();
+    assert!(matches!(decode(&bytes), DecodeError::Structure(m) if m.contains("stop tokens")));
 }
 
 #[test]
@@ -209,13 +224,14 @@ fn non_canonical_token_packing_is_refused() {
 #[test]
 fn vote_decode_errors_are_typed() {
     let bytes = sample_vote().encode();
-    assert!(matches!(Vote::decode(&vec![1u8; 600]), Err(DecodeError::TooLarge { .. })));
+    assert!(matches!(Vote::decode(&vec![1u8; poi_artifact::MAX_VOTE_BYTES + 1]), Err(DecodeError::TooLarge { .. })));
     assert_eq!(Vote::decode(&bytes[..10]).unwrap_err(), DecodeError::Truncated);
     let mut v0 = bytes.clone();
     v0[0] = 0;
     assert!(matches!(Vote::decode(&v0), Err(DecodeError::UnknownVersion { what: "vote", .. })));
-    // profile id bytes sit right before created_at (8) and the signature (64).
-    let profile_end = bytes.len() - 64 - 8;
+    // profile id bytes sit right before the (empty) reason's length (8),
+    // created_at (8) and the signature (64).
+    let profile_end = bytes.len() - 64 - 8 - 8;
     let mut bad_utf8 = bytes.clone();
     bad_utf8[profile_end - 1] = 0xff;
     assert_eq!(Vote::decode(&bad_utf8).unwrap_err(), DecodeError::InvalidUtf8);

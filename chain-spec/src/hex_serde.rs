@@ -34,3 +34,20 @@ pub fn deserialize<'de, T: HexBytes, D: Deserializer<'de>>(deserializer: D) -> R
     let text = String::deserialize(deserializer)?;
     T::parse_hex(&text).map_err(serde::de::Error::custom)
 }
+
+/// A list of keys as a list of hex strings.
+pub mod keys {
+    use poi_artifact::PublicKey;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::HexBytes;
+
+    pub fn serialize<S: Serializer>(keys: &[PublicKey], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(keys.iter().map(HexBytes::to_hex_string))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<PublicKey>, D::Error> {
+        let texts = Vec::<String>::deserialize(deserializer)?;
+        texts.iter().map(|t| PublicKey::parse_hex(t).map_err(serde::de::Error::custom)).collect()
+    }
+}

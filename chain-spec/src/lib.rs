@@ -35,6 +35,7 @@ pub struct ChainSpec {
     /// The fraction of artifacts each validator fully re-checks (DESIGN §6).
     pub full_check_rate: f64,
     pub dispute_committee_size: u32,
+    pub seeding: Seeding,
     pub limits: Limits,
     pub validators: Vec<Validator>,
 }
@@ -64,10 +65,48 @@ pub struct ModelSpec {
 #[serde(deny_unknown_fields)]
 pub struct NumericsProfile {
     pub id: String,
+    /// Bumped whenever the code computes the profile's numbers differently
+    /// (a kernel, a transcendental function): a node refuses a version it does
+    /// not implement, and the chain id changes with it.
+    pub version: u32,
+    /// Decode and prefill agree bit for bit on every machine the build runs
+    /// on: the full check then requires the logged lists exactly (DESIGN §5).
+    /// A profile that is not bit-exact is compared within the chain's
+    /// `distance2` and match-ratio tolerance, and the seeded pick from the
+    /// validator's own list must still be the logged token.
+    pub bit_exact: bool,
     pub weights: WeightFormat,
     pub activations: ActivationDtype,
     pub matmul: MatmulKernel,
     pub device: DeviceClass,
+}
+
+impl NumericsProfile {
+    /// Id and version, as votes carry it: `gguf-native-cpu/v2`.
+    pub fn label(&self) -> String {
+        format!("{}/v{}", self.id, self.version)
+    }
+}
+
+/// Who may fix an artifact's run seed (DESIGN §3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode)]
+#[serde(deny_unknown_fields)]
+pub struct Seeding {
+    pub policy: SeedingPolicy,
+    /// Requesters whose signed binding makes an artifact requester-bound. A
+    /// binding by any other key is no better than none.
+    #[serde(with = "hex_serde::keys")]
+    pub requesters: Vec<PublicKey>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Encode)]
+#[serde(rename_all = "kebab-case")]
+pub enum SeedingPolicy {
+    /// Only requester-bound artifacts are admitted.
+    Required,
+    /// Miner-seeded and unseeded artifacts are admitted too, each fully
+    /// checked by every validator (rate 1) and recorded with its class.
+    Optional,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Encode)]
@@ -193,6 +232,17 @@ impl ChainSpec {
     pub fn validator(&self, key: &PublicKey) -> Option<&Validator> {
         self.validators.iter().find(|v| v.public_key == *key)
     }
+
+    pub fn is_requester(&self, key: &PublicKey) -> bool {
+        self.seeding.requesters.contains(key)
+    }
+}
+
+/// The devnet's well-known requester key (in the shipped spec's requester
+/// set): `poi mine --bind` signs with it. Insecure by design, like the
+/// devnet's validator keys.
+pub fn devnet_requester() -> poi_artifact::Keypair {
+    poi_artifact::Keypair::from_secret(sha256(b"poi/devnet/requester").0)
 }
 
 /// The well-known, insecure keys of the devnet's validators: anyone can derive

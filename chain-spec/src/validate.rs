@@ -6,7 +6,7 @@ use std::fmt::Display;
 use poi_artifact::{MAX_K, MAX_WIRE_BYTES};
 use thiserror::Error;
 
-use crate::ChainSpec;
+use crate::{ChainSpec, SeedingPolicy};
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[error("field `{field}`: {problem}")]
@@ -60,7 +60,9 @@ impl ChainSpec {
         in_range("model.context_length", m.context_length, 1, 1 << 24)?;
         in_range("model.eos_token_id", m.eos_token_id, 0, m.vocab_size - 1)?;
 
-        non_empty("numerics.id", &self.numerics.id, poi_artifact::MAX_PROFILE_ID_LEN)?;
+        // The vote carries `label()`, which must fit the vote's limit.
+        non_empty("numerics.id", &self.numerics.id, poi_artifact::MAX_PROFILE_ID_LEN - 12)?;
+        in_range("numerics.version", self.numerics.version, 1, u32::MAX)?;
 
         in_range("logged_k", self.logged_k, 1, MAX_K)?;
         if u32::from(self.logged_k) > m.vocab_size {
@@ -118,6 +120,19 @@ impl ChainSpec {
                 field: format!("{field}.weight"),
                 problem: "total weight overflows".into(),
             })?;
+        }
+        let mut requesters = HashSet::new();
+        for (index, key) in self.seeding.requesters.iter().enumerate() {
+            let field = format!("seeding.requesters[{index}]");
+            if !requesters.insert(*key) {
+                fail(&field, "listed twice")?;
+            }
+            if key.verify_point().is_err() {
+                fail(&field, "not a valid ed25519 public key")?;
+            }
+        }
+        if self.seeding.policy == SeedingPolicy::Required && self.seeding.requesters.is_empty() {
+            fail("seeding.requesters", "policy \"required\" with no requester admits no artifact")?;
         }
         in_range("dispute_committee_size", self.dispute_committee_size, 1, self.validators.len() as u32)?;
         Ok(())

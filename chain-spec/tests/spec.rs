@@ -1,4 +1,4 @@
-use poi_chain_spec::{devnet_keypair, ChainSpec, LoadError, DEVNET_SPEC_JSON};
+use poi_chain_spec::{devnet_keypair, devnet_requester, ChainSpec, LoadError, SeedingPolicy, DEVNET_SPEC_JSON};
 use serde_json::{json, Value};
 
 fn devnet_value() -> Value {
@@ -48,6 +48,12 @@ fn chain_id_is_stable_and_changes_with_any_value() {
     let mut changed = spec.clone();
     changed.numerics.weights = poi_chain_spec::WeightFormat::DequantF32;
     assert_ne!(changed.chain_id(), spec.chain_id());
+    let mut changed = spec.clone();
+    changed.numerics.version += 1;
+    assert_ne!(changed.chain_id(), spec.chain_id());
+    let mut changed = spec.clone();
+    changed.seeding.requesters.clear();
+    assert_ne!(changed.chain_id(), spec.chain_id());
     let mut changed = spec;
     changed.validators[0].weight = 2;
     assert_ne!(changed.chain_id(), round_trip.chain_id());
@@ -55,7 +61,7 @@ fn chain_id_is_stable_and_changes_with_any_value() {
 
 #[test]
 fn unknown_fields_are_refused_at_every_level() {
-    for pointer in ["", "/model", "/numerics", "/sampling", "/thresholds", "/limits", "/validators/0"] {
+    for pointer in ["", "/model", "/numerics", "/sampling", "/thresholds", "/limits", "/seeding", "/validators/0"] {
         let mut value = devnet_value();
         value.pointer_mut(pointer).unwrap().as_object_mut().unwrap().insert("surprise".into(), json!(1));
         let err = load(&value).unwrap_err();
@@ -87,6 +93,8 @@ fn out_of_range_values_name_their_field() {
         ("/limits/max_generated_tokens", json!(0), "limits.max_generated_tokens"),
         ("/validators/1/weight", json!(0), "validators[1].weight"),
         ("/validators", json!([]), "validators"),
+        ("/numerics/version", json!(0), "numerics.version"),
+        ("/seeding/requesters/0", json!(format!("01{}", "00".repeat(31))), "seeding.requesters[0]"),
     ];
     for (pointer, bad, field) in cases {
         let mut value = devnet_value();
@@ -117,4 +125,30 @@ fn nan_and_wrong_types_never_load() {
     assert!(ChainSpec::from_json_str(&text).is_err());
     let text = DEVNET_SPEC_JSON.replace("\"logged_k\": 20", "\"logged_k\": \"20\"");
     assert!(matches!(ChainSpec::from_json_str(&text), Err(LoadError::Json(_))));
+}
+
+#[test]
+fn devnet_admits_miner_seeded_artifacts_and_knows_the_devnet_requester() {
+    let spec = ChainSpec::devnet();
+    assert_eq!(spec.seeding.policy, SeedingPolicy::Optional);
+    assert!(spec.is_requester(&devnet_requester().public()));
+    assert!(!spec.is_requester(&devnet_keypair(0).public()), "a validator key is not a requester");
+    assert!(spec.numerics.bit_exact);
+    assert_eq!(spec.numerics.label(), "gguf-native-cpu/v2");
+}
+
+#[test]
+fn required_seeding_needs_a_requester_and_requesters_are_distinct() {
+    let mut value = devnet_value();
+    value["seeding"] = json!({ "policy": "required", "requesters": [] });
+    assert_eq!(field_of(load(&value).unwrap_err()), "seeding.requesters");
+
+    let mut value = devnet_value();
+    let key = value["seeding"]["requesters"][0].clone();
+    value["seeding"]["requesters"] = json!([key.clone(), key]);
+    assert_eq!(field_of(load(&value).unwrap_err()), "seeding.requesters[1]");
+
+    let mut value = devnet_value();
+    value["seeding"]["policy"] = json!("sometimes");
+    assert!(matches!(load(&value), Err(LoadError::Json(_))));
 }

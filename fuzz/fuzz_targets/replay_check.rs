@@ -3,7 +3,7 @@
 //! signature): it never panics, and an artifact it passes replays exactly.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use poi_artifact::{f16, ArtifactBody, Candidate, FinishReason, Generation, Keypair, Request};
+use poi_artifact::{f16, logged_half, ArtifactBody, Candidate, FinishReason, Generation, Keypair, Request};
 use poi_chain_spec::ChainSpec;
 use poi_verifier::replay::ReplayChecker;
 
@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
                     } else {
                         // Well-formed lists (distinct tokens, finite non-positive
                         // log-probs, in order) reach the sampler replay itself.
-                        let logprob = f16::from_f32(-(f32::from(bits) / 4096.0));
+                        let logprob = logged_half(-f64::from(bits) / 4096.0);
                         Candidate { token: i as u32 * 97 + u32::from(token % 97), logprob }
                     }
                 })
@@ -42,15 +42,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let key = Keypair::from_secret([7; 32]);
+    let max_tokens = generation.len() as u32;
     let body = ArtifactBody {
         chain_id: spec.chain_id(),
         miner: key.public(),
-        request: Request {
-            request_uuid: [flags; 16],
-            user_seed: (flags & 1 == 1).then_some(u64::from(flags)),
-            prompt_tokens: vec![1, 2, 3],
-            binding: None,
-        },
+        request: Request::new([flags; 16], (flags & 1 == 1).then_some(u64::from(flags)), vec![1, 2, 3], max_tokens),
         sampling: spec.sampling,
         generation,
         finish_reason: if flags & 2 == 2 { FinishReason::Eos } else { FinishReason::MaxTokens },

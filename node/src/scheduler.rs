@@ -11,7 +11,7 @@ use poi_artifact::{Artifact, ArtifactId, Keypair, Signature, Verdict, Vote, Vote
 use poi_chain_spec::{ChainSpec, Thresholds};
 use poi_model::runtime::Runtime;
 use poi_verifier::verdict::{committee, is_selected, Status};
-use poi_verifier::ReplayChecker;
+use poi_verifier::{ReplayChecker, SeedingClass};
 use tokio::sync::mpsc;
 
 use crate::clock::now_ms;
@@ -19,9 +19,24 @@ use crate::metrics::{Metrics, OutcomeLabel};
 
 /// Re-runs the model over an artifact. Implemented by the real model; the
 /// trait lets a node run without one (relay and store only) and keeps the
-/// scheduler independent of candle.
+/// scheduler independent of candle. It always answers: a check that could
+/// not be made is an inconclusive verdict with the reason (DESIGN §5), so a
+/// selected artifact never goes silently unchecked.
 pub trait FullChecker: Send + Sync {
-    fn check(&self, artifact: &Artifact) -> Result<(Verdict, VoteFigures), String>;
+    fn check(&self, artifact: &Artifact) -> (Verdict, VoteFigures);
+}
+
+/// The figures of an inconclusive vote: nothing was compared (the seed's
+/// `-1, -1`), and the reason says why.
+pub fn inconclusive(profile_id: String, reason: &str) -> (Verdict, VoteFigures) {
+    let figures = VoteFigures {
+        distance: -1.0,
+        match_ratio: -1.0,
+        surprisal_z: 0.0,
+        profile_id,
+        reason: VoteFigures::bounded_reason(reason),
+    };
+    (Verdict::Inconclusive, figures)
 }
 
 /// The pinned model under the chain's profile and thresholds.
@@ -38,23 +53,28 @@ impl ModelChecker {
 }
 
 impl FullChecker for ModelChecker {
-    fn check(&self, artifact: &Artifact) -> Result<(Verdict, VoteFigures), String> {
-        let report = poi_model::full_check::full_check(&self.runtime.model, artifact, &self.thresholds)
-            .map_err(|e| e.to_string())?;
+    fn check(&self, artifact: &Artifact) -> (Verdict, VoteFigures) {
+        let profile = self.runtime.model.profile().label();
+        let report = match poi_model::full_check::full_check(&self.runtime.model, artifact, &self.thresholds) {
+            Ok(report) => report,
+            Err(err) => return inconclusive(profile, &format!("the model could not run: {err}")),
+        };
         // The vote carries the surprisal z too. The replay check (which
         // applies the z limit where it is the test) passed before the
         // artifact was stored, so this repeats it only for the figure.
-        let z = ReplayChecker::new(self.spec.clone()).check(artifact).map_err(|e| e.to_string())?.z();
+        let z = match ReplayChecker::new(self.spec.clone()).check(artifact) {
+            Ok(replay) => replay.z(),
+            Err(err) => return inconclusive(profile, &format!("the replay check fails here: {err}")),
+        };
         let verdict = if report.accepted { Verdict::Accept } else { Verdict::Reject };
-        Ok((
-            verdict,
-            VoteFigures {
-                distance: report.distance2,
-                match_ratio: report.match_ratio,
-                surprisal_z: z,
-                profile_id: report.profile_id,
-            },
-        ))
+        let figures = VoteFigures {
+            distance: report.distance2,
+            match_ratio: report.match_ratio,
+            surprisal_z: z,
+            profile_id: report.profile_id,
+            reason: VoteFigures::bounded_reason(report.reason.as_deref().unwrap_or("")),
+        };
+        (verdict, figures)
     }
 }
 
@@ -89,20 +109,22 @@ pub enum Trigger {
     Disputed,
 }
 
-/// Whether validator `key` owes `artifact` a full check, and why: on arrival
-/// its selection proof selects it; on a dispute it sits on the committee and
+/// Whether validator `key` owes `artifact` (of seeding class `seeding`) a
+/// full check, and why: on arrival its selection proof selects it (always,
+/// for artifacts the miner seeded); on a dispute it sits on the committee and
 /// has not voted yet. Pure: the pipeline asks, the queue runs it.
 pub fn duty(
     spec: &ChainSpec,
     key: &Keypair,
     artifact: &Artifact,
+    seeding: SeedingClass,
     trigger: Trigger,
     has_voted: impl FnOnce() -> bool,
 ) -> Option<FullCheckJob> {
     let id = artifact.id();
     let proof = key.sign(SELECT_DOMAIN, &id);
-    let selected =
-        matches!(trigger, Trigger::Arrived(_)) && is_selected(&key.public(), &id, &proof, spec.full_check_rate);
+    let rate = seeding.full_check_rate(spec);
+    let selected = matches!(trigger, Trigger::Arrived(_)) && is_selected(&key.public(), &id, &proof, rate);
     let disputed = matches!(trigger, Trigger::Disputed | Trigger::Arrived(Status::Disputed));
     let reason = if selected {
         CheckReason::Selected
@@ -199,30 +221,25 @@ impl Worker {
             };
             self.metrics.full_check_queue.dec();
             let id = job.artifact.id();
-            let outcome = self.checker.check(&job.artifact);
-            match outcome {
-                Ok((verdict, figures)) => {
-                    self.metrics.full_checks.get_or_create(&OutcomeLabel { outcome: verdict.as_str() }).inc();
-                    tracing::info!(artifact = %id.to_hex(), verdict = verdict.as_str(), distance2 = figures.distance,
-                        match_ratio = figures.match_ratio, reason = ?job.reason, "full check");
-                    let vote = VoteBody {
-                        chain_id: self.chain_id,
-                        artifact_id: id,
-                        validator: self.key.public(),
-                        selection_proof: job.selection_proof,
-                        verdict,
-                        figures,
-                        created_at_ms: now_ms(),
-                    }
-                    .sign(&self.key);
-                    if self.votes.blocking_send(vote).is_err() {
-                        return;
-                    }
-                }
-                Err(err) => {
-                    self.metrics.full_checks.get_or_create(&OutcomeLabel { outcome: "error" }).inc();
-                    tracing::error!(artifact = %id.to_hex(), %err, "full check failed; not voting");
-                }
+            let (verdict, figures) = self.checker.check(&job.artifact);
+            self.metrics.full_checks.get_or_create(&OutcomeLabel { outcome: verdict.as_str() }).inc();
+            if verdict == Verdict::Inconclusive {
+                tracing::error!(artifact = %id.to_hex(), reason = %figures.reason, "full check could not be made");
+            }
+            tracing::info!(artifact = %id.to_hex(), verdict = verdict.as_str(), distance2 = figures.distance,
+                match_ratio = figures.match_ratio, why = %figures.reason, trigger = ?job.reason, "full check");
+            let vote = VoteBody {
+                chain_id: self.chain_id,
+                artifact_id: id,
+                validator: self.key.public(),
+                selection_proof: job.selection_proof,
+                verdict,
+                figures,
+                created_at_ms: now_ms(),
+            }
+            .sign(&self.key);
+            if self.votes.blocking_send(vote).is_err() {
+                return;
             }
             self.pending.lock().expect("pending set").remove(&id);
         }
@@ -246,12 +263,20 @@ mod tests {
     fn a_selected_validator_checks_on_arrival_and_only_then() {
         let (spec, key) = (spec(1.0), devnet_keypair(0));
         let artifact = build(&spec, 8, 1, Chooser::Seeded).artifact;
-        let job = duty(&spec, &key, &artifact, Trigger::Arrived(Status::AcceptedReplayOnly), || false).unwrap();
+        let job = duty(
+            &spec,
+            &key,
+            &artifact,
+            SeedingClass::RequesterBound,
+            Trigger::Arrived(Status::AcceptedReplayOnly),
+            || false,
+        )
+        .unwrap();
         assert_eq!(job.reason, CheckReason::Selected);
         assert_eq!(job.selection_proof, key.sign(SELECT_DOMAIN, &artifact.id()));
         assert!(is_selected(&key.public(), &artifact.id(), &job.selection_proof, spec.full_check_rate));
         assert!(
-            duty(&spec, &key, &artifact, Trigger::Disputed, || true).is_none(),
+            duty(&spec, &key, &artifact, SeedingClass::RequesterBound, Trigger::Disputed, || true).is_none(),
             "a dispute does not make a validator that voted check again"
         );
     }
@@ -264,15 +289,62 @@ mod tests {
         let (member, other) = (0..4).map(devnet_keypair).partition::<Vec<_>, _>(|k| members.contains(&k.public()));
         assert!(!member.is_empty());
         for key in &member {
-            assert!(duty(&spec, key, &artifact, Trigger::Arrived(Status::Accepted), || false).is_none());
-            let job = duty(&spec, key, &artifact, Trigger::Disputed, || false).unwrap();
+            assert!(duty(
+                &spec,
+                key,
+                &artifact,
+                SeedingClass::RequesterBound,
+                Trigger::Arrived(Status::Accepted),
+                || false
+            )
+            .is_none());
+            let job = duty(&spec, key, &artifact, SeedingClass::RequesterBound, Trigger::Disputed, || false).unwrap();
             assert_eq!(job.reason, CheckReason::Committee);
-            let job = duty(&spec, key, &artifact, Trigger::Arrived(Status::Disputed), || false).unwrap();
+            let job =
+                duty(&spec, key, &artifact, SeedingClass::RequesterBound, Trigger::Arrived(Status::Disputed), || false)
+                    .unwrap();
             assert_eq!(job.reason, CheckReason::Committee, "votes that came first disputed it");
-            assert!(duty(&spec, key, &artifact, Trigger::Disputed, || true).is_none(), "voted already");
+            assert!(
+                duty(&spec, key, &artifact, SeedingClass::RequesterBound, Trigger::Disputed, || true).is_none(),
+                "voted already"
+            );
         }
         for key in &other {
-            assert!(duty(&spec, key, &artifact, Trigger::Disputed, || false).is_none());
+            assert!(duty(&spec, key, &artifact, SeedingClass::RequesterBound, Trigger::Disputed, || false).is_none());
         }
+    }
+
+    /// An artifact the miner seeded is fully checked by every validator,
+    /// whatever the chain's sample rate: the miner could have ground its seed.
+    #[test]
+    fn every_validator_checks_what_the_miner_seeded() {
+        let spec = spec(0.0);
+        let artifact = build(&spec, 8, 3, Chooser::Seeded).artifact;
+        let arrived = Trigger::Arrived(Status::AcceptedReplayOnly);
+        for key in (0..4).map(devnet_keypair) {
+            assert!(duty(&spec, &key, &artifact, SeedingClass::RequesterBound, arrived, || false).is_none());
+            for class in [SeedingClass::MinerSeeded, SeedingClass::Unseeded] {
+                let job = duty(&spec, &key, &artifact, class, arrived, || false).expect("selected at rate 1");
+                assert_eq!(job.reason, CheckReason::Selected);
+            }
+        }
+    }
+
+    #[test]
+    fn an_inconclusive_vote_says_why_within_the_vote_limit() {
+        let (verdict, figures) = inconclusive("gguf-native-cpu/v2".into(), &"é".repeat(400));
+        assert_eq!(verdict, Verdict::Inconclusive);
+        assert!(figures.reason.len() <= poi_artifact::MAX_REASON_LEN && figures.reason.starts_with('é'));
+        let vote = VoteBody {
+            chain_id: spec(0.0).chain_id(),
+            artifact_id: poi_artifact::sha256(b"a"),
+            validator: devnet_keypair(0).public(),
+            selection_proof: devnet_keypair(0).sign(SELECT_DOMAIN, &poi_artifact::sha256(b"a")),
+            verdict,
+            figures,
+            created_at_ms: 1,
+        }
+        .sign(&devnet_keypair(0));
+        assert_eq!(Vote::decode(&vote.encode()).unwrap(), vote, "the longest reason still makes a valid vote");
     }
 }

@@ -22,16 +22,17 @@ struct Judge {
 }
 
 impl FullChecker for Judge {
-    fn check(&self, artifact: &Artifact) -> Result<(Verdict, VoteFigures), String> {
+    fn check(&self, artifact: &Artifact) -> (Verdict, VoteFigures) {
         let honest = artifact.body.miner == self.honest_miner;
         let verdict = if honest != self.lies { Verdict::Accept } else { Verdict::Reject };
         let figures = VoteFigures {
             distance: if honest { 0.0 } else { 1.0 },
             match_ratio: 1.0,
             surprisal_z: 0.0,
-            profile_id: "test-judge".into(),
+            profile_id: ChainSpec::devnet().numerics.label(),
+            reason: String::new(),
         };
-        Ok((verdict, figures))
+        (verdict, figures)
     }
 }
 
@@ -94,7 +95,13 @@ fn vote(spec: &ChainSpec, key: &Keypair, artifact: &ArtifactId, proof_over: &Art
         validator: key.public(),
         selection_proof: key.sign(SELECT_DOMAIN, proof_over),
         verdict,
-        figures: VoteFigures { distance: 0.0, match_ratio: 1.0, surprisal_z: 0.0, profile_id: "test-judge".into() },
+        figures: VoteFigures {
+            distance: 0.0,
+            match_ratio: 1.0,
+            surprisal_z: 0.0,
+            profile_id: spec.numerics.label(),
+            reason: String::new(),
+        },
         created_at_ms: 1,
     }
     .sign(key)

@@ -13,6 +13,7 @@ use poi_node::metrics::Metrics;
 use poi_node::pipeline::{Admission, Pipeline, Source, VoteIngested};
 use poi_node::store::{HistoryQuery, LogEntry, Store, StoreError, VerdictRecord};
 use poi_verifier::verdict::{committee, is_selected, verdict, Status};
+use poi_verifier::SeedingClass;
 
 fn artifact(seed: u64) -> Artifact {
     common::build(&ChainSpec::devnet(), 16, seed, Chooser::Seeded).artifact
@@ -30,7 +31,8 @@ fn vote(key: &Keypair, id: &ArtifactId, verdict: Verdict) -> Vote {
             distance: 0.0,
             match_ratio: 1.0,
             surprisal_z: 0.0,
-            profile_id: "gguf-native-cpu".into(),
+            profile_id: spec.numerics.label(),
+            reason: String::new(),
         },
         created_at_ms: 5,
     }
@@ -58,7 +60,8 @@ fn ledger(dir: &std::path::Path) -> Pipeline {
 /// Stores `artifact` received at `at` with the verdict of no votes.
 fn put(store: &Store, artifact: &Artifact, at: u64) -> bool {
     let id = artifact.id();
-    let record = VerdictRecord::new(&id, &artifact.body.miner, &verdict(&ChainSpec::devnet(), &id, &[]), &[], at, at);
+    let outcome = verdict(&ChainSpec::devnet(), &id, SeedingClass::RequesterBound, &[]);
+    let record = VerdictRecord::new(&id, &artifact.body.miner, SeedingClass::RequesterBound, &outcome, &[], at, at);
     store.put_artifact(artifact, &record).unwrap()
 }
 
@@ -146,8 +149,9 @@ fn history_pages_newest_first_with_filters() {
     let disputed = artifacts[3].id();
     let reject = vote(&eligible(&disputed), &disputed, Verdict::Reject);
     let votes = std::slice::from_ref(&reject);
-    let outcome = verdict(&ChainSpec::devnet(), &disputed, votes);
-    let record = VerdictRecord::new(&disputed, &artifacts[3].body.miner, &outcome, votes, 1003, 2000);
+    let class = SeedingClass::RequesterBound;
+    let outcome = verdict(&ChainSpec::devnet(), &disputed, class, votes);
+    let record = VerdictRecord::new(&disputed, &artifacts[3].body.miner, class, &outcome, votes, 1003, 2000);
     assert!(store.put_vote(&reject, Some(&record)).unwrap());
     let (rows, _) =
         store.history(&HistoryQuery { status: Some(Status::Disputed), limit: 100, ..Default::default() }).unwrap();

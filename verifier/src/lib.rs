@@ -4,10 +4,13 @@
 //! No networking, storage or model runtime here: the fuzz targets and the
 //! replay benchmark link only this.
 
+pub mod bounds;
+mod dense_history;
 pub mod distance;
 pub mod full_check;
 pub mod replay;
 pub mod sampler;
+pub mod seeding;
 pub mod simulate;
 pub mod surprisal;
 pub mod topk;
@@ -16,4 +19,5 @@ pub mod verdict;
 pub use distance::{distance2, TopLogprobs};
 pub use replay::{ReplayChecker, ReplayError, ReplayReport, StructureRule};
 pub use sampler::{choose_from, draw, pick, Kept, Sampler};
+pub use seeding::SeedingClass;
 pub use surprisal::Surprisal;

@@ -2,12 +2,28 @@
 //! forwarding it. Rules run in a fixed order and the first failure is reported
 //! with the rule and, where it applies, the position.
 
-use poi_artifact::{Artifact, ChainId, DecodeError, FinishReason, History, SignatureError};
+use poi_artifact::{Artifact, ChainId, DecodeError, FinishReason, SignatureError};
 use poi_chain_spec::ChainSpec;
 use thiserror::Error;
 
+use crate::bounds::{at_most, positive};
+use crate::dense_history::DenseHistory;
 use crate::sampler::Sampler;
+use crate::seeding::SeedingClass;
 use crate::surprisal::Surprisal;
+
+const MAX_TOTAL_PROBABILITY: f64 = 1.01;
+
+/// `libm::exp(-h)` for every half `h >= 0`, indexed by its bits: the
+/// sub-distribution rule needs k exponentials per position, and a lookup
+/// (index by a non-positive log-prob's magnitude bits) keeps the replay
+/// check's speed.
+fn exp_of_negated_half() -> &'static [f64] {
+    static TABLE: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=0x7FFFu16).map(|magnitude| libm::exp(-poi_artifact::f16::from_bits(magnitude).to_f64())).collect()
+    })
+}
 
 /// A structural rule broken at one position.
 #[derive(Debug, Clone, PartialEq, Error)]
@@ -18,12 +34,20 @@ pub enum StructureRule {
     DuplicateCandidate { token: u32 },
     #[error("log-prob {logprob} of token {token} is not finite and <= 0")]
     BadLogprob { token: u32, logprob: f32 },
+    #[error("the candidates' probabilities sum to {total:.4}, over 1.01: not a sub-distribution")]
+    NotASubDistribution { total: f64 },
     #[error("candidate {slot} is out of sampler order")]
     Unordered { slot: usize },
-    #[error("end-of-sequence token chosen before the last position")]
-    EarlyEos,
+    #[error("token {token} (eos or a stop token) chosen before the last position: generation ends there")]
+    EarlyStop { token: u32 },
     #[error("finish reason is eos but the last token is {token}, not the eos token {eos}")]
     MissingEos { token: u32, eos: u32 },
+    #[error("finish reason is stop but the last token {token} is not one of the request's stop tokens")]
+    MissingStop { token: u32 },
+    #[error("finish reason is max_tokens after {generated} tokens, but the request allows {max_tokens}")]
+    StoppedEarly { generated: usize, max_tokens: u32 },
+    #[error("finish reason is max_tokens but the last token {token} ends the generation by itself (eos or stop)")]
+    UnclaimedStop { token: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Error)]
@@ -42,6 +66,16 @@ pub enum ReplayError {
     RequestBinding(SignatureError),
     #[error("{what} has {found} tokens, the limit is {limit}")]
     TooLong { what: &'static str, found: usize, limit: u32 },
+    #[error("the prompt is empty: the model has nothing to condition the first token on")]
+    EmptyPrompt,
+    #[error(
+        "prompt and generation are {found} tokens, over the model's context of {limit}: the full check cannot run"
+    )]
+    ExceedsContext { found: usize, limit: u32 },
+    #[error("stop token {token} is outside the vocabulary of {vocab}")]
+    StopTokenOutOfVocabulary { token: u32, vocab: u32 },
+    #[error("the chain admits only requester-bound artifacts; this one is {class}")]
+    SeedingRequired { class: SeedingClass },
     #[error("prompt token {index} is {token}, outside the vocabulary of {vocab}")]
     PromptOutOfVocabulary { index: usize, token: u32, vocab: u32 },
     #[error("position {position}: {rule}")]
@@ -50,7 +84,11 @@ pub enum ReplayError {
     ReplayMismatch { position: usize, expected: usize, logged: usize },
     #[error("position {position}: chosen token {token} is outside the sampler's kept set")]
     ChosenNotSampleable { position: usize, token: u32 },
-    #[error("surprisal z = {z:.3} exceeds the threshold {threshold}: tokens unlikely under the logged distributions")]
+    #[error("position {position}: chosen token {token} has probability 0 under the logged distribution")]
+    ZeroProbabilityChoice { position: usize, token: u32 },
+    #[error(
+        "surprisal z = {z:.3} is not within the threshold {threshold}: tokens unlikely under the logged distributions"
+    )]
     Surprisal { z: f64, threshold: f64 },
 }
 
@@ -60,7 +98,8 @@ impl ReplayError {
         match self {
             Self::Structure { position, .. }
             | Self::ReplayMismatch { position, .. }
-            | Self::ChosenNotSampleable { position, .. } => Some(*position),
+            | Self::ChosenNotSampleable { position, .. }
+            | Self::ZeroProbabilityChoice { position, .. } => Some(*position),
             _ => None,
         }
     }
@@ -70,10 +109,8 @@ impl ReplayError {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReplayReport {
     pub positions: usize,
-    /// Replayed against its run seed (false: surprisal test only).
-    pub seeded: bool,
-    /// Seeded, but no requester binding: the miner could have picked the uuid.
-    pub miner_seeded: bool,
+    /// Who fixed the run seed; only seeded artifacts are replayed.
+    pub seeding: SeedingClass,
     pub surprisal: Surprisal,
 }
 
@@ -93,13 +130,15 @@ pub struct ReplayChecker {
     /// duplicate candidates in O(k) without clearing between positions.
     listed_at: Vec<u32>,
     stamp: u32,
+    history: DenseHistory,
 }
 
 impl ReplayChecker {
     pub fn new(spec: ChainSpec) -> Self {
         let chain_id = spec.chain_id();
-        let listed_at = vec![0; spec.model.vocab_size as usize];
-        Self { spec, chain_id, sampler: Sampler::new(), scored: Vec::new(), listed_at, stamp: 0 }
+        let vocab = spec.model.vocab_size as usize;
+        let (listed_at, history) = (vec![0; vocab], DenseHistory::new(vocab));
+        Self { spec, chain_id, sampler: Sampler::new(), scored: Vec::new(), listed_at, stamp: 0, history }
     }
 
     fn next_stamp(&mut self) -> u32 {
@@ -139,13 +178,16 @@ impl ReplayChecker {
             return Err(ReplayError::WrongK { expected: spec.logged_k, found: body.generation.k() });
         }
         artifact.verify_signature().map_err(ReplayError::Signature)?;
-        let bound = body.request.verify_binding(&self.chain_id).map_err(ReplayError::RequestBinding)?;
+        let seeding = SeedingClass::of(artifact, &self.spec, &self.chain_id).map_err(ReplayError::RequestBinding)?;
+        if !seeding.admitted(self.spec.seeding.policy) {
+            return Err(ReplayError::SeedingRequired { class: seeding });
+        }
         self.check_limits(artifact)?;
         self.check_structure(artifact)?;
-        let report = self.replay(artifact, bound)?;
+        let report = self.replay(artifact, seeding)?;
         let threshold = self.spec.thresholds.max_surprisal_z;
         let z = report.z();
-        if z > threshold {
+        if !at_most(z, threshold) {
             return Err(ReplayError::Surprisal { z, threshold });
         }
         Ok(report)
@@ -153,8 +195,12 @@ impl ReplayChecker {
 
     fn check_limits(&self, artifact: &Artifact) -> Result<(), ReplayError> {
         let limits = &self.spec.limits;
-        let prompt = &artifact.body.request.prompt_tokens;
+        let request = &artifact.body.request;
+        let prompt = &request.prompt_tokens;
         let generated = artifact.body.generation.len();
+        if prompt.is_empty() {
+            return Err(ReplayError::EmptyPrompt);
+        }
         if prompt.len() > limits.max_prompt_tokens as usize {
             return Err(ReplayError::TooLong { what: "prompt", found: prompt.len(), limit: limits.max_prompt_tokens });
         }
@@ -165,9 +211,18 @@ impl ReplayChecker {
                 limit: limits.max_generated_tokens,
             });
         }
+        // What the full check feeds the model; refused here so that no
+        // admitted artifact is one the full check cannot run.
+        let context = self.spec.model.context_length;
+        if prompt.len() + generated > context as usize {
+            return Err(ReplayError::ExceedsContext { found: prompt.len() + generated, limit: context });
+        }
         let vocab = self.spec.model.vocab_size;
         if let Some((index, &token)) = prompt.iter().enumerate().find(|(_, &t)| t >= vocab) {
             return Err(ReplayError::PromptOutOfVocabulary { index, token, vocab });
+        }
+        if let Some(&token) = request.stop_token_ids.iter().find(|&&t| t >= vocab) {
+            return Err(ReplayError::StopTokenOutOfVocabulary { token, vocab });
         }
         Ok(())
     }
@@ -175,11 +230,15 @@ impl ReplayChecker {
     fn check_structure(&mut self, artifact: &Artifact) -> Result<(), ReplayError> {
         let vocab = self.spec.model.vocab_size;
         let eos = self.spec.model.eos_token_id;
+        let request = &artifact.body.request;
+        let ends = |token: u32| token == eos || request.stop_token_ids.contains(&token);
         let generation = &artifact.body.generation;
+        let exp_table = exp_of_negated_half();
         let last = generation.len() - 1;
         for (position, view) in generation.positions().enumerate() {
             let fail = |rule| Err(ReplayError::Structure { position, rule });
             let stamp = self.next_stamp();
+            let mut total_probability = 0.0;
             for candidate in view.candidates() {
                 if candidate.token >= vocab {
                     return fail(StructureRule::TokenOutOfVocabulary { token: candidate.token, vocab });
@@ -193,33 +252,57 @@ impl ReplayChecker {
                     return fail(StructureRule::DuplicateCandidate { token: candidate.token });
                 }
                 *listed = stamp;
+                // Finite and <= 0 (checked above): the magnitude bits index it.
+                total_probability += exp_table[usize::from(candidate.logprob.to_bits() & 0x7FFF)];
             }
-            if view.chosen_token() == eos && position != last {
-                return fail(StructureRule::EarlyEos);
+            // DESIGN §4: the margin covers half rounding of up to k values.
+            if !at_most(total_probability, MAX_TOTAL_PROBABILITY) {
+                return fail(StructureRule::NotASubDistribution { total: total_probability });
+            }
+            if position != last && ends(view.chosen_token()) {
+                return fail(StructureRule::EarlyStop { token: view.chosen_token() });
             }
         }
-        if artifact.body.finish_reason == FinishReason::Eos {
-            let token = generation.position(last).chosen_token();
-            if token != eos {
-                return Err(ReplayError::Structure { position: last, rule: StructureRule::MissingEos { token, eos } });
-            }
+        self.check_finish(artifact, &ends)
+    }
+
+    /// The stop rules (DESIGN §3): a generation ends at eos, at a stop token,
+    /// or after exactly `max_tokens`; the finish reason must say which, so a
+    /// miner cannot cut an output short where it likes.
+    fn check_finish(&self, artifact: &Artifact, ends: &dyn Fn(u32) -> bool) -> Result<(), ReplayError> {
+        let (request, generation) = (&artifact.body.request, &artifact.body.generation);
+        let generated = generation.len();
+        if generated > request.max_tokens as usize {
+            return Err(ReplayError::TooLong { what: "generation", found: generated, limit: request.max_tokens });
         }
-        Ok(())
+        let last = generated - 1;
+        let token = generation.position(last).chosen_token();
+        let eos = self.spec.model.eos_token_id;
+        let rule = match artifact.body.finish_reason {
+            FinishReason::Eos if token != eos => StructureRule::MissingEos { token, eos },
+            FinishReason::Stop if !request.stop_token_ids.contains(&token) => StructureRule::MissingStop { token },
+            FinishReason::MaxTokens if ends(token) => StructureRule::UnclaimedStop { token },
+            FinishReason::MaxTokens if generated != request.max_tokens as usize => {
+                StructureRule::StoppedEarly { generated, max_tokens: request.max_tokens }
+            }
+            _ => return Ok(()),
+        };
+        Err(ReplayError::Structure { position: last, rule })
     }
 
     /// Order, sampler replay and surprisal in one pass over the positions.
-    fn replay(&mut self, artifact: &Artifact, bound: bool) -> Result<ReplayReport, ReplayError> {
+    fn replay(&mut self, artifact: &Artifact, seeding: SeedingClass) -> Result<ReplayReport, ReplayError> {
         let body = &artifact.body;
         let params = &self.spec.sampling;
         let run_seed = body.request.run_seed();
-        let mut history = History::new(&body.request.prompt_tokens);
+        self.history.reset(&body.request.prompt_tokens);
         let mut surprisal = Surprisal::default();
         for (position, view) in body.generation.positions().enumerate() {
             self.scored.clear();
             self.scored.extend(
                 view.candidates()
                     .enumerate()
-                    .map(|(slot, c)| (history.penalised(c.token, c.logprob.to_f64(), params), c.token, slot)),
+                    .map(|(slot, c)| (self.history.penalised(c.token, c.logprob.to_f64(), params), c.token, slot)),
             );
             // The logged order must be the sampler's order (DESIGN §3), so the
             // scores need no sorting.
@@ -234,6 +317,11 @@ impl ReplayChecker {
             let Some(chosen) = kept.iter().find(|k| k.index == logged) else {
                 return Err(ReplayError::ChosenNotSampleable { position, token: view.chosen_token() });
             };
+            // Its integer weight is still 1 (DESIGN §4 step 6), but a token
+            // of probability 0 is no draw from the logged distribution.
+            if !positive(chosen.probability) {
+                return Err(ReplayError::ZeroProbabilityChoice { position, token: view.chosen_token() });
+            }
             if let Some(seed) = &run_seed {
                 let expected = crate::sampler::pick(kept, seed, position as u32)
                     .expect("the kept set holds the chosen candidate, so it is not empty");
@@ -242,13 +330,8 @@ impl ReplayChecker {
                 }
             }
             surprisal.add(kept, chosen.probability);
-            history.push(view.chosen_token());
+            self.history.push(view.chosen_token());
         }
-        Ok(ReplayReport {
-            positions: body.generation.len(),
-            seeded: run_seed.is_some(),
-            miner_seeded: run_seed.is_some() && !bound,
-            surprisal,
-        })
+        Ok(ReplayReport { positions: body.generation.len(), seeding, surprisal })
     }
 }

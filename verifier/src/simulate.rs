@@ -5,7 +5,8 @@
 
 use crate::Sampler;
 use poi_artifact::{
-    candidate_order, f16, Artifact, ArtifactBody, Candidate, FinishReason, Generation, History, Keypair, Request,
+    candidate_order, logged_half, Artifact, ArtifactBody, Candidate, FinishReason, Generation, History, Keypair,
+    Request,
 };
 use poi_chain_spec::ChainSpec;
 use rand::rngs::StdRng;
@@ -34,7 +35,8 @@ pub fn synthetic_candidates(rng: &mut StdRng, k: usize, vocab: u32) -> Vec<(u32,
 
 /// How the chosen token is picked.
 pub enum Chooser {
-    /// Sampler v1 with the run seed: an honest miner.
+    /// Sampler v1 with the run seed, bound by the devnet requester: an
+    /// honest miner.
     Seeded,
     /// Sampled from the logged distribution with private randomness: honest,
     /// but nothing to replay (unseeded).
@@ -62,7 +64,11 @@ pub fn body_with(spec: &ChainSpec, n: usize, seed: u64, chooser: Chooser) -> Art
         Chooser::Seeded => Some(rng.gen()),
         _ => None,
     };
-    let request = Request { request_uuid: rng.gen(), user_seed, prompt_tokens: prompt.clone(), binding: None };
+    let mut request = Request::new(rng.gen(), user_seed, prompt.clone(), n as u32);
+    if user_seed.is_some() {
+        // Honest traffic: the devnet's requester fixed the seed.
+        request.bind(&spec.chain_id(), &poi_chain_spec::devnet_requester());
+    }
     let run_seed = request.run_seed();
     let mut history = History::new(&prompt);
     let mut sampler = Sampler::new();
@@ -70,7 +76,7 @@ pub fn body_with(spec: &ChainSpec, n: usize, seed: u64, chooser: Chooser) -> Art
     for position in 0..n {
         let raw = synthetic_candidates(&mut rng, k, spec.model.vocab_size);
         let mut candidates: Vec<Candidate> =
-            raw.iter().map(|&(token, l)| Candidate { token, logprob: f16::from_f64(l) }).collect();
+            raw.iter().map(|&(token, l)| Candidate { token, logprob: logged_half(l) }).collect();
         // Never the eos token mid-sequence.
         for c in &mut candidates {
             if c.token == spec.model.eos_token_id {

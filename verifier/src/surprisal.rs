@@ -28,25 +28,28 @@ pub struct Surprisal {
 
 impl Surprisal {
     /// Adds one position: its final distribution and the probability of the
-    /// chosen token under it (positive; a token outside the kept set has no
-    /// surprisal and is rejected before this).
+    /// chosen token under it (positive; a token outside the kept set, or of
+    /// probability 0, has no surprisal and is rejected before this).
+    /// `libm::log` (DESIGN §4), and `0 · ln 0` counts as 0: a candidate whose
+    /// weight underflowed adds nothing, where `0 · -inf` would make z NaN.
     pub fn add(&mut self, kept: &[Kept], chosen_probability: f64) {
         let (mut entropy, mut second_moment) = (0.0, 0.0);
-        for k in kept {
-            let log_q = k.probability.ln();
+        for k in kept.iter().filter(|k| k.probability > 0.0) {
+            let log_q = libm::log(k.probability);
             entropy -= k.probability * log_q;
             second_moment += k.probability * log_q * log_q;
         }
         self.positions += 1;
-        self.total_surprisal -= chosen_probability.ln();
+        self.total_surprisal -= libm::log(chosen_probability);
         self.total_entropy += entropy;
         self.total_variance += (second_moment - entropy * entropy).max(0.0);
     }
 
     /// The z-score; 0 when no position carried any randomness (greedy or
     /// single-candidate positions only), since then there is nothing to test.
+    /// Anything non-finite stays so, and the caller's comparison rejects it.
     pub fn z(&self) -> f64 {
-        if self.total_variance <= 0.0 {
+        if self.total_variance == 0.0 {
             return 0.0;
         }
         (self.total_surprisal - self.total_entropy) / self.total_variance.sqrt()

@@ -6,13 +6,24 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
-use poi_artifact::{candidate_order, History, SamplingParams};
+use poi_artifact::{candidate_order, logged_half, Candidate, History, SamplingParams};
 
 /// A candidate with its raw (unpenalised) log-prob as the model computed it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TopCandidate {
     pub token: u32,
     pub logprob: f32,
+}
+
+/// Step 1's logging: raw log-probs rounded to half, listed in the order step 3
+/// gives the rounded values (rounding can swap near-ties). What an honest
+/// miner logs, and so what the full check requires under a bit-exact profile.
+pub fn logged_candidates(top: &[TopCandidate], history: &History, params: &SamplingParams) -> Vec<Candidate> {
+    let mut logged: Vec<Candidate> =
+        top.iter().map(|c| Candidate { token: c.token, logprob: logged_half(f64::from(c.logprob)) }).collect();
+    let score = |c: &Candidate| history.penalised(c.token, f64::from(c.logprob.to_f32()), params);
+    logged.sort_by(|a, b| candidate_order((score(a), a.token), (score(b), b.token)));
+    logged
 }
 
 /// Heap key: greater is better (higher score, then lower token id).

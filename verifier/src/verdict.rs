@@ -10,8 +10,10 @@
 //! - **Committee**: the `dispute_committee_size` validators with the lowest
 //!   `SHA256("poi/committee/v1" || a || key)`.
 //! - **Verdict**: votes count if signed by a validator of the spec for this
-//!   chain and artifact, and either carry a valid selection proof or come from
-//!   a committee member. A validator with two different votes for one
+//!   chain and artifact, cast under the chain's own numerics profile and
+//!   version, and either carry a valid selection proof (at the artifact's
+//!   rate: every validator is selected for miner-seeded and unseeded
+//!   artifacts) or come from a committee member. A validator with two different votes for one
 //!   artifact is equivocating: none of its votes count. Then:
 //!   no counted vote → `accepted-replay-only`; a committee weighted majority
 //!   (more than half the committee's weight) of accept or reject →
@@ -25,6 +27,8 @@ use poi_artifact::{sha256, ArtifactId, PublicKey, Verdict, Vote, SELECT_DOMAIN};
 use poi_chain_spec::ChainSpec;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::seeding::SeedingClass;
 
 const COMMITTEE_DOMAIN: &[u8] = b"poi/committee/v1";
 
@@ -121,15 +125,22 @@ pub struct VerdictOutcome {
     pub equivocators: Vec<String>,
 }
 
-/// The verdict of `artifact_id` from every stored vote about it (any order;
-/// invalid, foreign or duplicate votes are ignored, never an error).
-pub fn verdict(spec: &ChainSpec, artifact_id: &ArtifactId, votes: &[Vote]) -> VerdictOutcome {
+/// The verdict of `artifact_id`, of seeding class `seeding`, from every
+/// stored vote about it (any order; invalid, foreign or duplicate votes are
+/// ignored, never an error).
+pub fn verdict(spec: &ChainSpec, artifact_id: &ArtifactId, seeding: SeedingClass, votes: &[Vote]) -> VerdictOutcome {
     let chain_id = spec.chain_id();
+    let profile = spec.numerics.label();
+    let rate = seeding.full_check_rate(spec);
     let members = committee(spec, artifact_id);
     let mut by_validator: BTreeMap<[u8; 32], Vec<&Vote>> = BTreeMap::new();
     for vote in votes {
         let body = &vote.body;
         if body.chain_id != chain_id || body.artifact_id != *artifact_id || spec.validator(&body.validator).is_none() {
+            continue;
+        }
+        // A vote under another profile judged other numbers than the chain's.
+        if body.figures.profile_id != profile {
             continue;
         }
         if vote.verify_signature().is_err() {
@@ -149,8 +160,8 @@ pub fn verdict(spec: &ChainSpec, artifact_id: &ArtifactId, votes: &[Vote]) -> Ve
         }
         let vote = votes[0];
         let body = &vote.body;
-        let eligible = members.contains(&body.validator)
-            || is_selected(&body.validator, artifact_id, &body.selection_proof, spec.full_check_rate);
+        let eligible =
+            members.contains(&body.validator) || is_selected(&body.validator, artifact_id, &body.selection_proof, rate);
         if eligible {
             counted.push(vote);
         }

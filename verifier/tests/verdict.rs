@@ -2,9 +2,26 @@
 
 use poi_artifact::{sha256, ArtifactId, Keypair, Verdict, Vote, VoteBody, VoteFigures, SELECT_DOMAIN};
 use poi_chain_spec::{devnet_keypair, ChainSpec};
-use poi_verifier::verdict::{committee, is_selected, verdict, Status};
+use poi_verifier::verdict::{committee, is_selected, Status, VerdictOutcome};
+use poi_verifier::SeedingClass;
+
+/// The verdict of a requester-bound artifact: selection at the chain's rate.
+fn verdict(spec: &ChainSpec, id: &ArtifactId, votes: &[Vote]) -> VerdictOutcome {
+    poi_verifier::verdict::verdict(spec, id, SeedingClass::RequesterBound, votes)
+}
 
 fn vote(spec: &ChainSpec, key: &Keypair, artifact: &ArtifactId, verdict: Verdict, at: u64) -> Vote {
+    vote_under(spec, &spec.numerics.label(), key, artifact, verdict, at)
+}
+
+fn vote_under(
+    spec: &ChainSpec,
+    profile: &str,
+    key: &Keypair,
+    artifact: &ArtifactId,
+    verdict: Verdict,
+    at: u64,
+) -> Vote {
     VoteBody {
         chain_id: spec.chain_id(),
         artifact_id: *artifact,
@@ -15,7 +32,8 @@ fn vote(spec: &ChainSpec, key: &Keypair, artifact: &ArtifactId, verdict: Verdict
             distance: 0.001,
             match_ratio: 1.0,
             surprisal_z: 0.0,
-            profile_id: "gguf-native-cpu".into(),
+            profile_id: profile.into(),
+            reason: String::new(),
         },
         created_at_ms: at,
     }
@@ -145,4 +163,43 @@ fn foreign_and_forged_votes_are_ignored() {
     let outcome = verdict(&spec, &id, &votes);
     assert_eq!(outcome.status, Status::AcceptedReplayOnly);
     assert!(outcome.counted.is_empty());
+}
+
+/// The attack: a validator runs another (cheaper, or friendlier) profile and
+/// votes. Its vote judged other numbers than the chain pins, so it does not
+/// count, whatever it says; neither does one under an older profile version.
+#[test]
+fn votes_under_another_profile_do_not_count() {
+    let spec = ChainSpec::devnet();
+    let id = artifact_where(&spec, |sel, _| sel[0]);
+    let key = devnet_keypair(0);
+    for profile in ["dequant-f32-cpu/v1", "gguf-native-cpu/v1", "gguf-native-cpu"] {
+        let outcome = verdict(&spec, &id, &[vote_under(&spec, profile, &key, &id, Verdict::Reject, 1)]);
+        assert_eq!(outcome.status, Status::AcceptedReplayOnly, "{profile}");
+        assert!(outcome.counted.is_empty(), "{profile}");
+    }
+    let outcome = verdict(&spec, &id, &[vote(&spec, &key, &id, Verdict::Reject, 1)]);
+    assert_eq!(outcome.status, Status::Disputed, "the chain's own profile counts");
+}
+
+/// Miner-seeded and unseeded artifacts are fully checked by every validator
+/// (DESIGN §3): each one's vote counts without the sample-rate lottery.
+#[test]
+fn every_validator_is_selected_for_artifacts_the_miner_seeded() {
+    let spec = ChainSpec::devnet();
+    let keys = keys();
+    let id = artifact_where(&spec, |sel, com| (0..4).any(|i| !sel[i] && !com.contains(&keys[i].public())));
+    let outsider = (0..4)
+        .find(|&i| {
+            let k = &keys[i];
+            !is_selected(&k.public(), &id, &k.sign(SELECT_DOMAIN, &id), spec.full_check_rate)
+                && !committee(&spec, &id).contains(&k.public())
+        })
+        .unwrap();
+    let votes = [vote(&spec, &keys[outsider], &id, Verdict::Reject, 1)];
+    assert_eq!(verdict(&spec, &id, &votes).status, Status::AcceptedReplayOnly, "not selected at rate 0.25");
+    for class in [SeedingClass::MinerSeeded, SeedingClass::Unseeded] {
+        let outcome = poi_verifier::verdict::verdict(&spec, &id, class, &votes);
+        assert_eq!(outcome.status, Status::Disputed, "{class}");
+    }
 }

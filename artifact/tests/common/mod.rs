@@ -34,6 +34,8 @@ pub fn sample_body() -> ArtifactBody {
             request_uuid: *b"0123456789abcdef",
             user_seed: Some(42),
             prompt_tokens: vec![1, 9690, 198, 2, 5],
+            max_tokens: 3,
+            stop_token_ids: vec![2, 49151],
             binding: None,
         },
         sampling: SamplingParams::SEED_DEFAULTS,
@@ -60,7 +62,8 @@ pub fn sample_vote() -> Vote {
             distance: 0.0012,
             match_ratio: 0.995,
             surprisal_z: -0.3,
-            profile_id: "gguf-native-cpu".into(),
+            profile_id: "gguf-native-cpu/v2".into(),
+            reason: String::new(),
         },
         created_at_ms: 1_764_000_000_500,
     }

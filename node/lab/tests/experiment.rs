@@ -35,7 +35,9 @@ fn quick_matrix_writes_the_report_separates_honest_from_fraud_and_resumes_from_c
             let r = row(pairs, decoding, honest);
             assert_eq!(r["n"], 4, "{r}");
             assert_eq!(r["rejected_chain"], 0.0, "honest rejected: {r}");
+            assert_eq!(r["rejected_exact"], 0.0, "honest rejected by the exact full check: {r}");
         }
+        assert_eq!(row(pairs, decoding, "cheap-q2k")["rejected_exact"], 1.0);
         // A cheap model's own log-probs are far from the pinned model's.
         let cheap = row(pairs, decoding, "cheap-q2k");
         assert_eq!(cheap["auc_distance2"], 1.0, "{cheap}");

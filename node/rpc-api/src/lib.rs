@@ -13,6 +13,7 @@ use poi_artifact::json::VoteJson;
 mod views;
 
 pub use poi_verifier::verdict::Status;
+pub use poi_verifier::SeedingClass;
 pub use views::{HistoryFilter, HistoryPage, NodeStatus, PeerInfo, SubmitResult, VerdictView};
 
 /// Error codes a node answers with beside JSON-RPC's own (-32602 invalid

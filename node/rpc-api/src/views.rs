@@ -2,13 +2,17 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Status;
+use crate::{SeedingClass, Status};
 
 /// What the ledger says about one artifact.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VerdictView {
     pub artifact_id: String,
     pub miner: String,
+    /// Who fixed the run seed: `requester-bound`, `miner-seeded` (fully
+    /// checked by every validator) or `unseeded` (likewise; surprisal only
+    /// at the replay check).
+    pub seeding: SeedingClass,
     pub status: Status,
     /// Ids of the votes that counted.
     pub counted_votes: Vec<String>,

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use poi_artifact::{Artifact, ArtifactId, Keypair, Vote, MAX_VOTE_BYTES};
 use poi_chain_spec::ChainSpec;
 use poi_verifier::verdict::{committee, is_selected, verdict, Status};
-use poi_verifier::{ReplayChecker, ReplayError};
+use poi_verifier::{ReplayChecker, ReplayError, SeedingClass};
 use thiserror::Error;
 use tokio::sync::broadcast;
 
@@ -163,9 +163,10 @@ impl Pipeline {
         self.verdicts.subscribe()
     }
 
-    fn replay_check(&self, artifact: &Artifact) -> Result<(), ReplayError> {
+    fn replay_check(&self, artifact: &Artifact) -> Result<SeedingClass, ReplayError> {
         let mut checker = self.checkers.lock().expect("checker pool").pop();
-        let result = checker.get_or_insert_with(|| ReplayChecker::new(self.spec.clone())).check(artifact).map(|_| ());
+        let result =
+            checker.get_or_insert_with(|| ReplayChecker::new(self.spec.clone())).check(artifact).map(|r| r.seeding);
         self.checkers.lock().expect("checker pool").push(checker.expect("set above"));
         result
     }
@@ -198,31 +199,36 @@ impl Pipeline {
         }
         // The replay check comes first so that a forged artifact is
         // penalised as forged whatever time it claims.
-        self.replay_check(&artifact).map_err(rejected)?;
+        let seeding = self.replay_check(&artifact).map_err(rejected)?;
         let now = now_ms();
         if matches!(source, Source::Rpc | Source::Gossip) {
             self.admission.check(artifact.body.created_at_ms, now).inspect_err(|_| {
                 self.metrics.artifacts_outside_window.get_or_create(&label).inc();
             })?;
         }
-        let Some(verdict) = self.store_artifact(&artifact, now)? else { return self.duplicate(id, &label) };
+        let Some(verdict) = self.store_artifact(&artifact, seeding, now)? else { return self.duplicate(id, &label) };
         self.metrics.artifacts_stored.get_or_create(&label).inc();
         let _ = self.verdicts.send(verdict.clone());
-        self.consider_full_check(&artifact, Trigger::Arrived(verdict.status));
+        self.consider_full_check(&artifact, seeding, Trigger::Arrived(verdict.status));
         Ok(Ingested { id, new: true, verdict })
     }
 
     /// The artifact with the verdict of the votes that came before it;
     /// `None` if it was already stored.
-    fn store_artifact(&self, artifact: &Artifact, now: u64) -> Result<Option<VerdictRecord>, StoreError> {
+    fn store_artifact(
+        &self,
+        artifact: &Artifact,
+        seeding: SeedingClass,
+        now: u64,
+    ) -> Result<Option<VerdictRecord>, StoreError> {
         let id = artifact.id();
         let _ledger = self.ledger.lock().expect("ledger lock");
         if self.store.has_artifact(&id)? {
             return Ok(None);
         }
         let votes = self.store.votes(&id)?;
-        let outcome = verdict(&self.spec, &id, &votes);
-        let record = VerdictRecord::new(&id, &artifact.body.miner, &outcome, &votes, now, now);
+        let outcome = verdict(&self.spec, &id, seeding, &votes);
+        let record = VerdictRecord::new(&id, &artifact.body.miner, seeding, &outcome, &votes, now, now);
         Ok(self.store.put_artifact(artifact, &record)?.then_some(record))
     }
 
@@ -241,7 +247,7 @@ impl Pipeline {
             let _ = self.verdicts.send(record.clone());
             if record.status == Status::Disputed {
                 if let Some(artifact) = self.store.artifact(&vote.body.artifact_id)? {
-                    self.consider_full_check(&artifact, Trigger::Disputed);
+                    self.consider_full_check(&artifact, record.seeding, Trigger::Disputed);
                 }
             }
         }
@@ -258,8 +264,9 @@ impl Pipeline {
             Some(previous) => {
                 let mut votes = self.store.votes(&id)?;
                 votes.push(vote.clone());
-                let outcome = verdict(&self.spec, &id, &votes);
-                Some(VerdictRecord::new(&id, &previous.miner()?, &outcome, &votes, previous.received_at_ms, now))
+                let outcome = verdict(&self.spec, &id, previous.seeding, &votes);
+                let (miner, seeding, received) = (previous.miner()?, previous.seeding, previous.received_at_ms);
+                Some(VerdictRecord::new(&id, &miner, seeding, &outcome, &votes, received, now))
             }
             None => None,
         };
@@ -298,16 +305,26 @@ impl Pipeline {
         if self.spec.validator(&body.validator).is_none() {
             return Err(invalid(format!("{} is not a validator of this chain", body.validator.to_hex())));
         }
+        let profile = self.spec.numerics.label();
+        if body.figures.profile_id != profile {
+            return Err(invalid(format!(
+                "cast under profile {:?}; this chain's votes are under {profile:?}",
+                body.figures.profile_id
+            )));
+        }
         vote.verify_signature().map_err(|e| invalid(e.to_string()))?;
-        let selected =
-            is_selected(&body.validator, &body.artifact_id, &body.selection_proof, self.spec.full_check_rate);
+        // Every validator may check an artifact the miner seeded; before the
+        // artifact is here its class is unknown, so only the proof's
+        // signature can be checked, and the verdict rule applies the rate.
+        let rate = self.store.verdict(&body.artifact_id)?.map_or(1.0, |r| r.seeding.full_check_rate(&self.spec));
+        let selected = is_selected(&body.validator, &body.artifact_id, &body.selection_proof, rate);
         if !selected && !committee(&self.spec, &body.artifact_id).contains(&body.validator) {
             return Err(invalid("validator was neither selected nor on the dispute committee".into()));
         }
         Ok(vote)
     }
 
-    fn consider_full_check(&self, artifact: &Artifact, trigger: Trigger) {
+    fn consider_full_check(&self, artifact: &Artifact, seeding: SeedingClass, trigger: Trigger) {
         let Some(validator) = &self.validator else { return };
         let has_voted = || {
             self.has_voted(&artifact.id(), &validator.key.public()).unwrap_or_else(|err| {
@@ -315,7 +332,7 @@ impl Pipeline {
                 true
             })
         };
-        let Some(job) = duty(&self.spec, &validator.key, artifact, trigger, has_voted) else { return };
+        let Some(job) = duty(&self.spec, &validator.key, artifact, seeding, trigger, has_voted) else { return };
         let reason = job.reason;
         if validator.queue.offer(job).is_err() {
             self.metrics.full_checks_skipped.inc();

@@ -41,6 +41,7 @@ fn view(record: VerdictRecord) -> VerdictView {
     VerdictView {
         artifact_id: record.artifact_id,
         miner: record.miner,
+        seeding: record.seeding,
         status: record.status,
         counted_votes: record.counted_votes,
         voters: record.voters,

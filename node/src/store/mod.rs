@@ -13,6 +13,7 @@ use poi_artifact::sync::{SyncEntry, SyncResponse};
 use poi_artifact::{Artifact, ArtifactId, ChainId, PublicKey, Vote};
 use poi_chain_spec::ChainSpec;
 use poi_verifier::verdict::{Status, VerdictOutcome};
+use poi_verifier::SeedingClass;
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -43,6 +44,8 @@ pub enum StoreError {
 pub struct VerdictRecord {
     pub artifact_id: String,
     pub miner: String,
+    /// Who fixed the run seed (requester-bound, miner-seeded, unseeded).
+    pub seeding: SeedingClass,
     pub status: Status,
     pub counted_votes: Vec<String>,
     /// The validators whose votes counted.
@@ -338,6 +341,7 @@ impl VerdictRecord {
     pub fn new(
         id: &ArtifactId,
         miner: &PublicKey,
+        seeding: SeedingClass,
         outcome: &VerdictOutcome,
         votes: &[Vote],
         received_at_ms: u64,
@@ -351,6 +355,7 @@ impl VerdictRecord {
         Self {
             artifact_id: id.to_hex(),
             miner: miner.to_hex(),
+            seeding,
             status: outcome.status,
             counted_votes: outcome.counted.clone(),
             voters,

@@ -1,15 +1,14 @@
 //! Seeded generation (the miner's side of DESIGN §4) and the teacher-forced
 //! pass that the full check and proofs share.
 
-use half::f16;
 use poi_artifact::{
-    candidate_order, ArtifactBody, Candidate, DecodeError, FinishReason, Generation, History, PublicKey, Request,
-    SamplingParams,
+    ArtifactBody, Candidate, DecodeError, FinishReason, Generation, History, PublicKey, Request, SamplingParams,
 };
 use poi_chain_spec::ChainSpec;
 
 use crate::{Llama, ModelError, PenalisedTopK, TopCandidate};
 use poi_verifier::sampler::{choose_from, draw, Sampler};
+pub use poi_verifier::topk::logged_candidates;
 
 /// Tokens per forward call in teacher-forced prefill: long inputs go through
 /// the KV cache chunk by chunk, bounding the attention matrix.
@@ -45,6 +44,19 @@ impl Generated {
     }
 }
 
+/// When a generation ends besides the eos token: what the request says.
+#[derive(Clone, Copy, Debug)]
+pub struct StopRules<'a> {
+    pub max_tokens: usize,
+    pub tokens: &'a [u32],
+}
+
+impl<'a> StopRules<'a> {
+    pub fn of(request: &'a Request) -> Self {
+        Self { max_tokens: request.max_tokens as usize, tokens: &request.stop_token_ids }
+    }
+}
+
 /// Where each position's 64-bit draw comes from.
 pub enum Draws<'a> {
     /// DESIGN §4 step 7 from the run seed: replayable.
@@ -53,25 +65,17 @@ pub enum Draws<'a> {
     External(&'a mut dyn FnMut() -> u64),
 }
 
-/// Step 1's logging: raw log-probs rounded to half, listed in the order step 3
-/// gives the rounded values (rounding can swap near-ties).
-pub fn logged_candidates(top: &[TopCandidate], history: &History, params: &SamplingParams) -> Vec<Candidate> {
-    let mut logged: Vec<Candidate> =
-        top.iter().map(|c| Candidate { token: c.token, logprob: f16::from_f32(c.logprob) }).collect();
-    let score = |c: &Candidate| history.penalised(c.token, f64::from(c.logprob.to_f32()), params);
-    logged.sort_by(|a, b| candidate_order((score(a), a.token), (score(b), b.token)));
-    logged
-}
-
-/// Generates up to `max_tokens` after `prompt` with the KV cache, sampling with
-/// sampler v1 from exactly the logged values. Stops after the eos token.
+/// Generates after `prompt` with the KV cache, sampling with sampler v1 from
+/// exactly the logged values, under the request's stop rules: after the eos
+/// token, after a stop token, or after `max_tokens` (capped so that prompt and
+/// generation fit the model's context, as the replay check requires).
 /// `on_token` sees each chosen token as it comes (progress, streaming).
 pub fn generate(
     model: &Llama,
     prompt: &[u32],
     params: &SamplingParams,
     k: u16,
-    max_tokens: usize,
+    stop: &StopRules<'_>,
     mut draws: Draws<'_>,
     mut on_token: impl FnMut(u32),
 ) -> Result<Generated, ModelError> {
@@ -80,6 +84,11 @@ pub fn generate(
     }
     let config = model.config();
     let eos = config.eos_token_id;
+    let room = config.context_length.saturating_sub(prompt.len());
+    if room == 0 {
+        return Err(ModelError::TooLong { what: "prompt", found: prompt.len(), limit: config.context_length - 1 });
+    }
+    let max_tokens = stop.max_tokens.min(room);
     let mut cache = model.new_cache();
     let mut history = History::new(prompt);
     let mut selector = PenalisedTopK::new(config.vocab_size, usize::from(k), prompt);
@@ -102,6 +111,10 @@ pub fn generate(
         on_token(token);
         if token == eos {
             out.finish_reason = FinishReason::Eos;
+            break;
+        }
+        if stop.tokens.contains(&token) {
+            out.finish_reason = FinishReason::Stop;
             break;
         }
         if position + 1 == max_tokens {

@@ -33,6 +33,11 @@ impl Linear {
     }
 }
 
+/// The version of the numbers this build computes (`NumericsProfile::version`).
+/// 2: our own q8_0 kernel for the tied output head and SwiGLU with `libm`'s
+/// `expf` (1: candle's q8_0 `vec_dot` and candle's silu with std `expf`).
+pub const NUMERICS_VERSION: u32 = 2;
+
 /// A profile checked against this build and machine.
 #[derive(Clone, Debug)]
 pub struct Numerics {
@@ -44,6 +49,12 @@ impl Numerics {
     pub fn resolve(profile: &NumericsProfile) -> Result<Self, ModelError> {
         let refuse =
             |reason: &str| Err(ModelError::Unsupported { profile: profile.id.clone(), reason: reason.to_string() });
+        if profile.version != NUMERICS_VERSION {
+            return refuse(&format!(
+                "the chain pins version {} of the profile's numbers; this build computes version {NUMERICS_VERSION}",
+                profile.version
+            ));
+        }
         let quantized_weights =
             matches!(profile.weights, WeightFormat::GgufNative | WeightFormat::RequantQ4_0 | WeightFormat::RequantQ2k);
         match (quantized_weights, profile.matmul) {
@@ -59,11 +70,19 @@ impl Numerics {
         }
         let device = match profile.device {
             DeviceClass::Cpu => Device::Cpu,
-            DeviceClass::Cuda => match cuda_device() {
-                Ok(device) => device,
-                Err(reason) => return refuse(&reason),
-            },
+            DeviceClass::Cuda => {
+                return refuse(
+                    "no numerics profile runs on CUDA yet: the pinned kernels are CPU code, and a GPU profile \
+                     needs its own kernels and calibration",
+                )
+            }
         };
+        if profile.bit_exact && !is_bit_exact(profile) {
+            return refuse(
+                "declared bit-exact, but only gguf-native weights with the candle-quantized matmul on the CPU \
+                 (our pinned kernels) give decode and prefill the same bits on every machine",
+            );
+        }
         Ok(Self { profile: profile.clone(), device })
     }
 
@@ -125,20 +144,22 @@ impl Numerics {
     }
 }
 
-#[cfg(feature = "cuda")]
-fn cuda_device() -> Result<Device, String> {
-    Device::new_cuda(0).map_err(|e| format!("no usable CUDA device: {e}"))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn cuda_device() -> Result<Device, String> {
-    Err("this binary was built without the `cuda` feature".to_string())
+/// Whether this build computes `profile` with the same bits in decode and
+/// prefill, at any thread count, on every target it builds for: our own
+/// kernels cover every matmul of the file's formats (q4_1, q8_0), attention,
+/// SwiGLU and log-softmax; the rest is elementwise IEEE arithmetic.
+pub fn is_bit_exact(profile: &NumericsProfile) -> bool {
+    profile.weights == WeightFormat::GgufNative
+        && profile.matmul == MatmulKernel::CandleQuantized
+        && profile.device == DeviceClass::Cpu
 }
 
 /// The profiles the experiments compare, by id.
 pub fn builtin_profiles() -> Vec<NumericsProfile> {
     let profile = |id: &str, weights, activations, matmul| NumericsProfile {
         id: id.to_string(),
+        version: NUMERICS_VERSION,
+        bit_exact: weights == WeightFormat::GgufNative,
         weights,
         activations,
         matmul,

@@ -3,12 +3,16 @@
 //! tiled: a small group of weight rows stays in cache while every activation
 //! row passes over it, which is what makes teacher-forced prefill fast.
 //!
-//! Activations are quantized by candle's own `from_float`; q8_0 weights use
-//! candle's own `vec_dot`. candle's q4_1 dot product has no SIMD version, so
-//! `dot_q4_1` computes the same thing: the block's integer sum (exact, in any
-//! order) with AVX2, then the same f32 operations in the same order.
+//! Activations are quantized by candle's own `from_float` (scalar code, the
+//! same on every target; candle is pinned to one exact version). Both dot
+//! products are ours and bit-defined on every target: q8_0 in `q8_0`, and
+//! q4_1 here, as candle's scalar `vec_dot_unopt` defines it: the block's
+//! integer sum (exact, in any order) with AVX2, then the same f32 operations
+//! in the same order, with no FMA.
 
 use candle_core::quantized::k_quants::{BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType};
+
+use crate::q8_0::{self, Q8_0};
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 use rayon::prelude::*;
@@ -37,6 +41,8 @@ struct Q4_1 {
 
 const _: () = assert!(std::mem::size_of::<Q4_1>() == std::mem::size_of::<BlockQ4_1>());
 const _: () = assert!(std::mem::size_of::<Q8_1>() == std::mem::size_of::<BlockQ8_1>());
+const _: () = assert!(std::mem::size_of::<Q8_0>() == std::mem::size_of::<BlockQ8_0>());
+const _: () = assert!(std::mem::align_of::<Q8_0>() == std::mem::align_of::<BlockQ8_0>());
 
 /// Weight rows handled together: one activation block is loaded once for
 /// all of them, and their f32 epilogues run as one 8-lane vector.
@@ -53,7 +59,7 @@ struct Q4_1Groups {
 
 enum Weights {
     Q4_1(Q4_1Groups),
-    Q8_0(Vec<BlockQ8_0>),
+    Q8_0(Vec<Q8_0>),
 }
 
 /// Weights of shape (out, in) for `x · Wᵀ`.
@@ -74,7 +80,7 @@ impl TiledQMatMul {
         let bytes = tensor.data()?;
         let weights = match tensor.dtype() {
             GgmlDType::Q4_1 => Weights::Q4_1(group_q4_1(&bytes, out_features, in_features / BLOCK)),
-            GgmlDType::Q8_0 => Weights::Q8_0(blocks_from_bytes(&bytes)),
+            GgmlDType::Q8_0 => Weights::Q8_0(as_q8_0(blocks_from_bytes::<BlockQ8_0>(&bytes))),
             _ => return Ok(None),
         };
         Ok(Some(Self { weights, out_features, in_features }))
@@ -100,14 +106,11 @@ impl TiledQMatMul {
                 })
             }
             Weights::Q8_0(w) => {
-                let x: Vec<BlockQ8_0> = quantize_rows(rows, self.in_features);
-                let k = self.in_features;
+                let x = as_q8_0(quantize_rows::<BlockQ8_0>(rows, self.in_features));
+                let x_rows: Vec<&[Q8_0]> = x.chunks_exact(blocks).collect();
+                let kernels: Vec<q8_0::Dot> = x_rows.iter().map(|row| q8_0::kernel_for(row)).collect();
                 self.tiled(m, self.out_features, 1, |col, row, out| {
-                    out[0] = BlockQ8_0::vec_dot(
-                        k,
-                        &w[col * blocks..(col + 1) * blocks],
-                        &x[row * blocks..(row + 1) * blocks],
-                    );
+                    out[0] = kernels[row](&w[col * blocks..(col + 1) * blocks], x_rows[row]);
                 })
             }
         }
@@ -179,6 +182,13 @@ fn group_q4_1(bytes: &[u8], rows: usize, blocks: usize) -> Q4_1Groups {
     Q4_1Groups { qs, d, m, blocks }
 }
 
+fn as_q8_0(blocks: Vec<BlockQ8_0>) -> Vec<Q8_0> {
+    let mut blocks = std::mem::ManuallyDrop::new(blocks);
+    // SAFETY: same size, alignment and `repr(C)` field order as candle's
+    // block (asserted above), so the allocation is reused as is.
+    unsafe { Vec::from_raw_parts(blocks.as_mut_ptr().cast::<Q8_0>(), blocks.len(), blocks.capacity()) }
+}
+
 fn blocks_from_bytes<T: GgmlType>(bytes: &[u8]) -> Vec<T> {
     let mut blocks = vec![T::zeros(); bytes.len() / std::mem::size_of::<T>()];
     // SAFETY: candle's blocks are `repr(C)` plain data; the GGUF bytes are
@@ -198,9 +208,17 @@ fn quantize_rows<T: GgmlType>(rows: &[f32], in_features: usize) -> Vec<T> {
 
 /// candle's `BlockQ4_1::vec_dot_unopt` for the 8 rows of `group` against one
 /// activation row (blocks from `first`): per lane, exactly
-/// `sumf += sumi as f32 * dx * dy + mx * sy`, block after block.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+/// `sumf += sumi as f32 * dx * dy + mx * sy`, block after block. The
+/// portable version is the definition; the AVX2 one must agree (tested).
 fn dot_q4_1_group(w: &Q4_1Groups, group: usize, x: &Activations<'_>, first: usize, out: &mut [f32]) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    dot_q4_1_group_avx2(w, group, x, first, out);
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    dot_q4_1_group_portable(w, group, x, first, out);
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+fn dot_q4_1_group_avx2(w: &Q4_1Groups, group: usize, x: &Activations<'_>, first: usize, out: &mut [f32]) {
     use std::arch::x86_64::*;
     // SAFETY: AVX2 is enabled for the whole build; all loads are unaligned
     // and within the slices' bounds.
@@ -242,8 +260,8 @@ fn dot_q4_1_group(w: &Q4_1Groups, group: usize, x: &Activations<'_>, first: usiz
     }
 }
 
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-fn dot_q4_1_group(w: &Q4_1Groups, group: usize, x: &Activations<'_>, first: usize, out: &mut [f32]) {
+#[cfg_attr(all(target_arch = "x86_64", target_feature = "avx2"), allow(dead_code))]
+fn dot_q4_1_group_portable(w: &Q4_1Groups, group: usize, x: &Activations<'_>, first: usize, out: &mut [f32]) {
     let half = BLOCK / 2;
     for (r, out) in out.iter_mut().enumerate() {
         let mut sumf = 0f32;
@@ -267,6 +285,28 @@ mod tests {
     use candle_core::{Device, Module, Tensor};
 
     use super::*;
+
+    /// The vector q4_1 kernel computes the portable definition, bit for bit.
+    #[test]
+    fn the_q4_1_vector_kernel_is_the_definition() {
+        let (rows, inp, m) = (21, 256, 3);
+        let w = Tensor::randn(0f32, 1.0, (rows, inp), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
+        let Weights::Q4_1(groups) = TiledQMatMul::new(&q).unwrap().unwrap().weights else { panic!("q4_1") };
+        let x = Tensor::randn(0f32, 2.0, (m, inp), &Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let blocks: Vec<BlockQ8_1> = quantize_rows(&x, inp);
+        // SAFETY: same size and `repr(C)` field order as candle's block.
+        let blocks: &[Q8_1] = unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), blocks.len()) };
+        let activations = Activations::new(blocks);
+        for group in 0..rows.div_ceil(GROUP) {
+            for row in 0..m {
+                let (mut fast, mut portable) = ([0f32; GROUP], [0f32; GROUP]);
+                dot_q4_1_group(&groups, group, &activations, row * groups.blocks, &mut fast);
+                dot_q4_1_group_portable(&groups, group, &activations, row * groups.blocks, &mut portable);
+                assert_eq!(fast.map(f32::to_bits), portable.map(f32::to_bits), "group {group}, row {row}");
+            }
+        }
+    }
 
     #[test]
     fn bit_identical_to_candle_qmatmul() {

@@ -10,10 +10,10 @@ use poi_artifact::{Keypair, Request};
 use poi_chain_spec::{ChainSpec, DeviceClass, MatmulKernel, NumericsProfile};
 use poi_model::chat::Message;
 use poi_model::full_check::full_check;
-use poi_model::generate::{generate, teacher_forced, Draws, PREFILL_CHUNK};
+use poi_model::generate::{generate, teacher_forced, Draws, StopRules, PREFILL_CHUNK};
 use poi_model::runtime::{file_sha256, Runtime, RuntimeError};
 use poi_model::{builtin_profile, Llama, ModelError};
-use poi_verifier::{distance2, ReplayChecker, TopLogprobs};
+use poi_verifier::{distance2, ReplayChecker, SeedingClass, TopLogprobs};
 
 fn tiny_path() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
@@ -93,13 +93,20 @@ fn profiles_that_cannot_be_honoured_are_refused() {
     cuda.device = DeviceClass::Cuda;
     let mut f16_quantized = profile("gguf-native-cpu");
     f16_quantized.activations = poi_chain_spec::ActivationDtype::F16;
-    for bad in [contradictory, f16_quantized] {
+    let mut old_numbers = profile("gguf-native-cpu");
+    old_numbers.version = 1;
+    let mut exact_claim = profile("dequant-f32-cpu");
+    exact_claim.bit_exact = true;
+    for (bad, why) in [
+        (contradictory, "need the candle-quantized matmul"),
+        (f16_quantized, "f16 activations"),
+        (old_numbers, "pins version 1"),
+        (exact_claim, "declared bit-exact"),
+        // Refused in every build, with or without the `cuda` feature.
+        (cuda, "no numerics profile runs on CUDA"),
+    ] {
         let err = Runtime::load(tiny_path(), &bad).err().expect("must refuse");
-        assert!(err.to_string().contains("cannot be honoured"), "{err}");
-    }
-    if !cfg!(feature = "cuda") {
-        let err = Runtime::load(tiny_path(), &cuda).err().expect("no cuda in this build");
-        assert!(err.to_string().contains("without the `cuda` feature"), "{err}");
+        assert!(err.to_string().contains("cannot be honoured") && err.to_string().contains(why), "{err}");
     }
 }
 
@@ -139,6 +146,24 @@ fn kv_cache_decode_equals_prefill_across_chunks() {
     }
 }
 
+/// The pinned profile's rows do not depend on how many threads compute them:
+/// every kernel splits work by output, never a sum.
+#[test]
+fn prefill_is_bit_identical_across_thread_counts() {
+    let rt = load("gguf-native-cpu");
+    let tokens = pseudo_tokens(70);
+    let on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| prefill_rows(&rt.model, &tokens))
+    };
+    let one = on(1);
+    for threads in [2, 3, 8] {
+        let many = on(threads);
+        let same = one.iter().flatten().zip(many.iter().flatten()).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{threads} threads give other bits than 1");
+    }
+}
+
 #[test]
 fn profiles_agree_closely_but_not_exactly() {
     let tokens = pseudo_tokens(64);
@@ -164,18 +189,12 @@ fn profiles_agree_closely_but_not_exactly() {
 
 fn mine(rt: &Runtime, spec: &ChainSpec, seed: u64, max_tokens: usize) -> poi_artifact::Artifact {
     let prompt = rt.chat_tokens(&[Message { role: "user".into(), content: "the weather".into() }]).unwrap();
-    let request = Request { request_uuid: [9; 16], user_seed: Some(seed), prompt_tokens: prompt, binding: None };
+    let request = Request::new([9; 16], Some(seed), prompt, max_tokens as u32);
     let seed = request.run_seed().unwrap();
-    let out = generate(
-        &rt.model,
-        &request.prompt_tokens,
-        &spec.sampling,
-        spec.logged_k,
-        max_tokens,
-        Draws::Seeded(seed),
-        |_| {},
-    )
-    .unwrap();
+    let stop = StopRules::of(&request);
+    let out =
+        generate(&rt.model, &request.prompt_tokens, &spec.sampling, spec.logged_k, &stop, Draws::Seeded(seed), |_| {})
+            .unwrap();
     let miner = Keypair::from_secret([5; 32]);
     out.body(spec, miner.public(), request, 1).unwrap().sign(&miner)
 }
@@ -189,9 +208,10 @@ fn generated_artifact_passes_replay_and_full_check() {
         let artifact = mine(&rt, &spec, seed, 40);
         let bytes = artifact.encode();
         let (decoded, report) = checker.check_bytes(&bytes).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        assert!(report.seeded);
+        assert_eq!(report.seeding, SeedingClass::MinerSeeded);
         let full = full_check(&rt.model, &decoded, &spec.thresholds).unwrap();
         assert!(full.accepted, "seed {seed}: {:?}", full.reason);
+        assert!(full.positions.iter().all(|p| p.exact), "seed {seed}: lists are exactly the model's");
         assert_eq!(full.match_ratio, 1.0);
         // Only the half rounding of the logged values separates the two.
         assert!(full.distance2 < 1e-3, "seed {seed}: distance2 {}", full.distance2);

@@ -5,14 +5,17 @@
 
 use std::sync::OnceLock;
 
-use poi_artifact::{Artifact, Keypair, Request};
-use poi_chain_spec::ChainSpec;
+use poi_artifact::{
+    candidate_order, logged_half, Artifact, Candidate, FinishReason, Generation, History, Keypair, Request,
+};
+use poi_chain_spec::{devnet_requester, ChainSpec};
 use poi_model::builtin_profile;
 use poi_model::chat::Message;
 use poi_model::full_check::full_check;
-use poi_model::generate::{generate, Draws};
+use poi_model::generate::{generate, logged_candidates, teacher_forced_top_k, Draws, StopRules};
 use poi_model::runtime::{default_model_path, Runtime};
-use poi_verifier::ReplayChecker;
+use poi_verifier::full_check::rejection;
+use poi_verifier::{draw, ReplayChecker, Sampler, SeedingClass};
 use serde::Deserialize;
 
 fn pinned(profile: Option<&str>) -> Runtime {
@@ -73,17 +76,18 @@ fn chat_template_and_greedy_answer_match_llama_cpp() {
 
     let mut params = ChainSpec::devnet().sampling;
     (params.temperature, params.repetition_penalty) = (0.0, 1.0);
-    let out =
-        generate(&rt.model, &greedy.prompt, &params, 20, greedy.tokens.len(), Draws::Seeded([0; 32]), |_| {}).unwrap();
+    let stop = StopRules { max_tokens: greedy.tokens.len(), tokens: &[] };
+    let out = generate(&rt.model, &greedy.prompt, &params, 20, &stop, Draws::Seeded([0; 32]), |_| {}).unwrap();
     assert_eq!(out.tokens, greedy.tokens, "{:?}", rt.tokenizer.decode(&out.tokens));
 }
 
 fn mine(rt: &Runtime, spec: &ChainSpec, content: &str, seed: u64, max_tokens: usize) -> Artifact {
     let prompt = rt.chat_tokens(&[Message { role: "user".into(), content: content.into() }]).unwrap();
-    let request = Request { request_uuid: [3; 16], user_seed: Some(seed), prompt_tokens: prompt, binding: None };
+    let mut request = Request::new([3; 16], Some(seed), prompt, max_tokens as u32);
+    request.bind(&spec.chain_id(), &devnet_requester());
     let draws = Draws::Seeded(request.run_seed().unwrap());
-    let out =
-        generate(&rt.model, &request.prompt_tokens, &spec.sampling, spec.logged_k, max_tokens, draws, |_| {}).unwrap();
+    let stop = StopRules::of(&request);
+    let out = generate(&rt.model, &request.prompt_tokens, &spec.sampling, spec.logged_k, &stop, draws, |_| {}).unwrap();
     let miner = Keypair::from_secret([8; 32]);
     out.body(spec, miner.public(), request, 1).unwrap().sign(&miner)
 }
@@ -94,11 +98,101 @@ fn honest_artifact_passes_replay_and_full_check() {
     let rt = runtime();
     let artifact = mine(rt, &spec, "Write a short poem about the sea.", 11, 48);
     let (decoded, report) = ReplayChecker::new(spec.clone()).check_bytes(&artifact.encode()).unwrap();
-    assert!(report.seeded);
+    assert_eq!(report.seeding, SeedingClass::RequesterBound);
     let full = full_check(&rt.model, &decoded, &spec.thresholds).unwrap();
     println!("honest: distance2 {:.6}, match {:.4}", full.distance2, full.match_ratio);
     assert!(full.accepted, "{:?}", full.reason);
     assert_eq!(full.match_ratio, 1.0, "decode and prefill are bit-exact under gguf-native");
+    assert!(full.positions.iter().all(|p| p.exact));
+}
+
+/// The attack that passed before: log the pinned model's lists, but at one
+/// position drop the seeded pick and append a filler at the value `distance2`
+/// imputes for a missing token, until the seeded draw lands on another token;
+/// the miner then continues honestly from its token. It passes the replay
+/// check and the seed's thresholds; the exact comparison names the position.
+#[test]
+fn a_steered_pick_on_the_real_model_is_rejected_where_it_was_made() {
+    let spec = ChainSpec::devnet();
+    let rt = runtime();
+    let honest = mine(rt, &spec, "Name three colours.", 5, 24);
+    let n = honest.body.generation.len();
+    let mut steered = 0;
+    for target in [0, n / 2, n - 1] {
+        let Some(edited) = steer(rt, &spec, &honest, target) else { continue };
+        steered += 1;
+        ReplayChecker::new(spec.clone()).check(&edited).expect("the edited list replays");
+        let full = full_check(&rt.model, &edited, &spec.thresholds).unwrap();
+        println!("steered at {target}: distance2 {:.6}, match {:.4}", full.distance2, full.match_ratio);
+        assert!(rejection(full.distance2, full.match_ratio, &spec.thresholds).is_none(), "the seed's rule passes it");
+        assert!(!full.accepted);
+        assert_eq!(full.mismatch.as_ref().map(|m| m.position), Some(target), "{:?}", full.reason);
+    }
+    assert!(steered >= 2, "only {steered} positions could be steered");
+}
+
+/// `target`'s list edited as the attack does, then an honest continuation
+/// (the model's lists and seeded picks after the miner's token).
+fn steer(rt: &Runtime, spec: &ChainSpec, honest: &Artifact, target: usize) -> Option<Artifact> {
+    let body = &honest.body;
+    let params = &spec.sampling;
+    let seed = body.request.run_seed().unwrap();
+    let prompt = &body.request.prompt_tokens;
+    let mut tokens = body.generation.chosen_tokens();
+    let mut positions = body.generation.to_positions();
+    let tops = teacher_forced_top_k(&rt.model, prompt, &tokens, params, spec.logged_k).unwrap();
+    let history = History::with_generated(prompt, &tokens[..target]);
+    let mut list = logged_candidates(&tops[target], &history, params);
+    let mut sampler = Sampler::new();
+    let mut pick = |list: &[Candidate]| {
+        let candidates = list.iter().map(|c| (c.token, c.logprob.to_f64()));
+        sampler.choose(candidates, &history, params, &seed, target as u32).unwrap()
+    };
+    let original = list[pick(&list)].token;
+    let mut filler = 30_000;
+    while list[pick(&list)].token == original {
+        let mut values: Vec<f64> = list.iter().map(|c| c.logprob.to_f64()).collect();
+        values.sort_by(f64::total_cmp);
+        let at = pick(&list);
+        list.remove(at);
+        while list.iter().any(|c| c.token == filler) {
+            filler += 1;
+        }
+        list.push(Candidate { token: filler, logprob: logged_half(values[0] - (values[1] - values[0])) });
+        filler += 1;
+        let score = |c: &Candidate| history.penalised(c.token, c.logprob.to_f64(), params);
+        list.sort_by(|a, b| candidate_order((score(a), a.token), (score(b), b.token)));
+    }
+    let chosen = pick(&list);
+    if list[chosen].token >= 30_000 || list[chosen].token == spec.model.eos_token_id {
+        return None;
+    }
+    tokens[target] = list[chosen].token;
+    positions[target] = (list, chosen as u8);
+    // The honest continuation after the miner's token, as `poi mine` would,
+    // to the request's own stop rules.
+    let max_tokens = body.request.max_tokens as usize;
+    let mut finish = FinishReason::MaxTokens;
+    positions.truncate(target + 1);
+    if target + 1 < max_tokens {
+        let mut context = prompt.clone();
+        context.extend(&tokens[..=target]);
+        let mut position = target as u32;
+        let mut source = || {
+            position += 1;
+            draw(&seed, position)
+        };
+        let rest = StopRules { max_tokens: max_tokens - target - 1, tokens: &[] };
+        let out = generate(&rt.model, &context, params, spec.logged_k, &rest, Draws::External(&mut source), |_| {});
+        let out = out.ok()?;
+        finish = out.finish_reason;
+        positions.extend(out.positions);
+    }
+    let mut edited = body.clone();
+    edited.generation = Generation::new(spec.logged_k, &positions).ok()?;
+    edited.finish_reason = finish;
+    let miner = Keypair::from_secret([8; 32]);
+    Some(edited.sign(&miner))
 }
 
 #[test]

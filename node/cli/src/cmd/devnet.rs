@@ -14,7 +14,7 @@ use jsonrpsee::ws_client::WsClientBuilder;
 use poi_artifact::{Artifact, Keypair, Request};
 use poi_chain_spec::{devnet_keypair, ChainSpec};
 use poi_model::chat::Message;
-use poi_model::generate::{generate, prefill_proof, teacher_forced_top_k, Draws, Generated};
+use poi_model::generate::{generate, prefill_proof, teacher_forced_top_k, Draws, Generated, StopRules};
 use poi_model::runtime::Runtime;
 use poi_node::clock::now_ms;
 use poi_node::config::NodeConfig;
@@ -93,20 +93,21 @@ impl Miner {
     fn artifact(&self, spec: &ChainSpec, kind: Kind, prompt: &str, max_tokens: usize) -> anyhow::Result<Artifact> {
         let prompt_tokens = self.pinned.chat_tokens(&[Message { role: "user".into(), content: prompt.to_string() }])?;
         let seeded = kind != Kind::PrefillUnseeded;
-        let request = Request {
-            request_uuid: rand::random(),
-            user_seed: seeded.then(rand::random),
-            prompt_tokens,
-            binding: None,
-        };
+        let mut request = Request::new(rand::random(), seeded.then(rand::random), prompt_tokens, max_tokens as u32);
+        if seeded {
+            // The devnet's requester fixed the seed: the artifact is
+            // requester-bound, sampled at the chain's rate.
+            request.bind(&spec.chain_id(), &poi_chain_spec::devnet_requester());
+        }
         let generator = if kind == Kind::Honest { &self.pinned.model } else { &self.cheap.model };
         let mut external = rand::random::<u64>;
         let draws = match request.run_seed() {
             Some(seed) => Draws::Seeded(seed),
             None => Draws::External(&mut external),
         };
+        let stop = StopRules::of(&request);
         let mut generated =
-            generate(generator, &request.prompt_tokens, &spec.sampling, spec.logged_k, max_tokens, draws, |_| {})?;
+            generate(generator, &request.prompt_tokens, &spec.sampling, spec.logged_k, &stop, draws, |_| {})?;
         if matches!(kind, Kind::PrefillSeeded | Kind::PrefillUnseeded) {
             generated = self.prefill_proof(spec, &request.prompt_tokens, &generated)?;
         }

@@ -8,10 +8,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use poi_artifact::{Keypair, Request};
+use poi_artifact::{Keypair, Request, MAX_STOP_TOKENS};
+use poi_chain_spec::devnet_requester;
 use poi_model::chat::Message;
-use poi_model::generate::{generate, Draws};
+use poi_model::generate::{generate, Draws, StopRules};
 use poi_model::runtime::Runtime;
+use poi_verifier::SeedingClass;
 
 use poi_cli::{ChainArg, ModelArgs};
 
@@ -40,16 +42,25 @@ pub struct Args {
     /// unseeded and gets only the surprisal test.
     #[arg(long, conflicts_with = "seed")]
     unseeded: bool,
-    /// Most tokens to generate (stops earlier at end of sequence).
+    /// Most tokens to generate (stops earlier at end of sequence or a stop
+    /// token). Part of the request: an artifact that ends early without
+    /// eos or a stop token is rejected.
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
+    /// A token id that ends the generation (repeatable), e.g. `<|im_end|>`'s.
+    #[arg(long = "stop-token", value_name = "ID")]
+    stop_tokens: Vec<u32>,
     /// Miner key file (`poi keys generate`); a throwaway key when omitted.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
-    /// Requester key file: signs (uuid, seed, prompt) so nodes know the miner
-    /// did not choose the seed.
-    #[arg(long, value_name = "FILE")]
+    /// Requester key file: signs (uuid, seed, prompt, stop rules). Only a key
+    /// in the chain spec's requester set makes the artifact requester-bound;
+    /// without one it is miner-seeded (every validator fully checks it).
+    #[arg(long, value_name = "FILE", conflicts_with = "devnet_requester")]
     requester_key: Option<PathBuf>,
+    /// Bind with the devnet's well-known requester key (devnet chains only).
+    #[arg(long)]
+    devnet_requester: bool,
     /// Where to write the artifact.
     #[arg(long, short, default_value = "artifact.bin")]
     out: PathBuf,
@@ -80,15 +91,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("the prompt is {} tokens, the chain's limit is {}", prompt_tokens.len(), spec.limits.max_prompt_tokens);
     }
     let user_seed = if args.unseeded { None } else { Some(args.seed.unwrap_or_else(rand::random)) };
-    let mut request = Request {
-        request_uuid: *args.uuid.unwrap_or_else(uuid::Uuid::new_v4).as_bytes(),
-        user_seed,
-        prompt_tokens,
-        binding: None,
-    };
+    let context = spec.model.context_length as usize;
+    if prompt_tokens.len() + args.max_tokens > context {
+        bail!(
+            "the prompt ({} tokens) and --max-tokens {} exceed the model's context of {context} tokens",
+            prompt_tokens.len(),
+            args.max_tokens
+        );
+    }
+    if args.stop_tokens.len() > MAX_STOP_TOKENS {
+        bail!("at most {MAX_STOP_TOKENS} stop tokens, got {}", args.stop_tokens.len());
+    }
+    if let Some(&token) = args.stop_tokens.iter().find(|&&t| t >= spec.model.vocab_size) {
+        bail!("stop token {token} is outside the vocabulary of {}", spec.model.vocab_size);
+    }
+    let uuid = *args.uuid.unwrap_or_else(uuid::Uuid::new_v4).as_bytes();
+    let mut request = Request::new(uuid, user_seed, prompt_tokens, args.max_tokens as u32);
+    request.stop_token_ids = args.stop_tokens.clone();
     let chain_id = spec.chain_id();
-    if let Some(path) = &args.requester_key {
-        request.bind(&chain_id, &keyfile::read(path)?);
+    let requester = match &args.requester_key {
+        Some(path) => Some(keyfile::read(path)?),
+        None => args.devnet_requester.then(devnet_requester),
+    };
+    if let Some(requester) = requester {
+        if !spec.is_requester(&requester.public()) {
+            tracing::warn!("the requester key is not in the chain's requester set: the artifact is miner-seeded");
+        }
+        request.bind(&chain_id, &requester);
     }
 
     let progress = ProgressBar::new(args.max_tokens as u64).with_style(
@@ -101,15 +130,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => Draws::External(&mut external),
     };
     let started = Instant::now();
-    let generated = generate(
-        &runtime.model,
-        &request.prompt_tokens,
-        &spec.sampling,
-        spec.logged_k,
-        args.max_tokens,
-        draws,
-        |_| progress.inc(1),
-    )?;
+    let stop = StopRules::of(&request);
+    let generated =
+        generate(&runtime.model, &request.prompt_tokens, &spec.sampling, spec.logged_k, &stop, draws, |_| {
+            progress.inc(1)
+        })?;
     progress.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
 
@@ -122,6 +147,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let text = runtime.tokenizer.decode(&generated.tokens)?;
     let mut err = std::io::stderr().lock();
     writeln!(err, "artifact   {} -> {} ({} bytes)", artifact.id(), args.out.display(), bytes.len())?;
+    let seeding = SeedingClass::of(&artifact, &spec, &chain_id).context("checking the request binding")?;
+    writeln!(err, "seeding    {seeding}")?;
     writeln!(
         err,
         "generated  {} tokens in {seconds:.2} s ({:.1} tokens/s), finish: {}",

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use poi_cli::{ChainArg, ModelArgs};
 use poi_node::config::{NodeConfig, Settings};
 use poi_node::network::Multiaddr;
@@ -70,8 +70,14 @@ pub struct Args {
     /// of the process); costs a disk round trip per write (`poi-lab bench store`).
     #[arg(long)]
     sync_writes: bool,
-    #[command(flatten)]
-    model: ModelArgs,
+    /// The chain's GGUF file; default: where scripts/fetch-model.sh puts it
+    /// ($POI_MODEL_DIR or ~/.cache/poi/models).
+    #[arg(long, value_name = "GGUF")]
+    model: Option<PathBuf>,
+    /// Refused: a validator runs the chain's numerics profile or does not
+    /// start (votes under any other profile would not count).
+    #[arg(long, value_name = "ID", hide = true)]
+    profile: Option<String>,
 }
 
 impl Args {
@@ -95,7 +101,7 @@ impl Args {
         }
         overlay!(chain, key, data, rpc, rpc_rate, rpc_rate_per_connection, metrics, full_check_workers);
         overlay!(max_artifact_age, max_clock_ahead);
-        if let Some(model) = &self.model.model {
+        if let Some(model) = &self.model {
             settings.model = Some(model.clone());
         }
         if !self.listen.is_empty() {
@@ -113,6 +119,13 @@ impl Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let settings = args.settings()?;
     let spec = ChainArg { chain: settings.chain.clone() }.load()?;
+    if let Some(profile) = &args.profile {
+        bail!(
+            "--profile {profile:?} refused: a validator runs the chain's numerics profile ({}) or does not start, \
+             since votes under any other profile do not count (`poi verify --full --profile` compares profiles)",
+            spec.numerics.label()
+        );
+    }
     let key_path =
         settings.key.clone().context("--key is required (create one with `poi keys generate --out FILE`)")?;
     let key = keyfile::read(&key_path)?;
@@ -123,7 +136,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let mut config = NodeConfig::from_settings(spec.clone(), key, data_dir, &settings);
     if !settings.no_model {
-        let model = ModelArgs { model: settings.model.clone(), profile: args.model.profile };
+        let model = ModelArgs { model: settings.model.clone(), profile: None };
         let checker: Arc<dyn FullChecker> = Arc::new(ModelChecker::new(Arc::new(model.load(&spec)?), &spec));
         config.checker = Some(checker);
     }

@@ -5,7 +5,7 @@ use anyhow::Context;
 use poi_artifact::Artifact;
 use poi_model::full_check::full_check;
 use poi_verifier::full_check::FullCheckReport;
-use poi_verifier::{ReplayChecker, ReplayError, ReplayReport};
+use poi_verifier::{ReplayChecker, ReplayError, ReplayReport, SeedingClass};
 use serde_json::json;
 
 use poi_cli::{ChainArg, ModelArgs};
@@ -20,8 +20,9 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-    /// Also run the full distribution check: re-run the pinned model over the
-    /// artifact's tokens and compare its top-k with the logged candidates.
+    /// Also run the full check: re-run the pinned model over the artifact's
+    /// tokens; under the chain's bit-exact profile every logged list must be
+    /// exactly the model's and every chosen token the seeded pick from it.
     #[arg(long)]
     full: bool,
     /// With --full: print every position's distance and ranks.
@@ -77,13 +78,20 @@ fn full_json(report: &FullCheckReport, positions: bool) -> anyhow::Result<serde_
 
 fn print_full(report: &FullCheckReport, positions: bool) {
     if positions {
-        println!("position  token  distance  matches  validator rank of chosen");
+        println!("position  token  exact  distance  matches  validator rank of chosen");
         for p in &report.positions {
             let rank = p.validator_rank.map_or("-".to_string(), |r| r.to_string());
-            println!("{:>8}  {:>5}  {:>8.5}  {:>7}  {rank:>4}", p.position, p.chosen, p.distance, p.matches);
+            let exact = if p.exact { "yes" } else { "NO" };
+            println!(
+                "{:>8}  {:>5}  {exact:>5}  {:>8.5}  {:>7}  {rank:>4}",
+                p.position, p.chosen, p.distance, p.matches
+            );
         }
     }
-    println!("profile    {}", report.profile_id);
+    let rule = if report.bit_exact { "bit-exact: lists must equal the model's" } else { "tolerance" };
+    println!("profile    {} ({rule})", report.profile_id);
+    let exact = report.positions.iter().filter(|p| p.exact).count();
+    println!("exact      {exact} of {} positions", report.positions.len());
     println!("distance2  {:.6}", report.distance2);
     println!("match      {:.4}", report.match_ratio);
     match &report.reason {
@@ -114,8 +122,7 @@ fn as_json(outcome: &Result<(Artifact, ReplayReport), Rejection>) -> serde_json:
             "miner": artifact.body.miner.to_hex(),
             "positions": report.positions,
             "k": artifact.body.generation.k(),
-            "seeded": report.seeded,
-            "miner_seeded": report.miner_seeded,
+            "seeding": report.seeding,
             "surprisal_z": report.z(),
         }),
         Err(rejection) => json!({
@@ -129,15 +136,17 @@ fn as_json(outcome: &Result<(Artifact, ReplayReport), Rejection>) -> serde_json:
 fn print_text(outcome: &Result<(Artifact, ReplayReport), Rejection>, threshold: f64) {
     match outcome {
         Ok((artifact, report)) => {
-            let seeding = match (report.seeded, report.miner_seeded) {
-                (false, _) => "no (unseeded: surprisal test only)",
-                (true, true) => "yes (miner-seeded: no requester binding)",
-                (true, false) => "yes (requester-bound)",
+            let seeding = match report.seeding {
+                SeedingClass::RequesterBound => "requester-bound (a requester the chain knows fixed the seed)",
+                SeedingClass::MinerSeeded => {
+                    "miner-seeded (no binding by a known requester: every validator checks it)"
+                }
+                SeedingClass::Unseeded => "unseeded (surprisal test only; every validator checks it)",
             };
             println!("artifact   {}", artifact.id());
             println!("miner      {}", artifact.body.miner);
             println!("positions  {} (k = {})", report.positions, artifact.body.generation.k());
-            println!("seeded     {seeding}");
+            println!("seeding    {seeding}");
             println!("surprisal  z = {:.3} (threshold {threshold})", report.z());
             println!("verdict    PASS (replay check)");
         }

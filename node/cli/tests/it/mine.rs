@@ -4,7 +4,7 @@
 use std::process::Output;
 
 use crate::poi;
-use poi_artifact::Artifact;
+use poi_artifact::{Artifact, Generation, Keypair};
 
 fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
@@ -53,4 +53,58 @@ fn mine_reports_bad_input_clearly() {
     let out = poi(&["mine", "--prompt", "x", "--model", "/nonexistent.gguf"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("not found"), "{}", text(&out));
+}
+
+/// The sound-checks issue's "done when": an honest `poi mine` artifact with
+/// one candidate list edited (a real candidate swapped for another token at
+/// the same value, which the replay check cannot see) is rejected by
+/// `poi verify --full`, naming the position; the untouched one is accepted.
+#[test]
+fn verify_full_rejects_one_edited_candidate_list_and_accepts_the_untouched_artifact() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("miner.key");
+    assert!(poi(&["keys", "generate", "--out", key_path.to_str().unwrap()]).status.success());
+    let honest = dir.path().join("honest.bin");
+    let args = ["mine", "--prompt", "Name three colours.", "--seed", "7", "--max-tokens", "16", "--devnet-requester"];
+    let out = poi(&[&args[..], &["--key", key_path.to_str().unwrap(), "-o", honest.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("seeding    requester-bound"), "{}", text(&out));
+    let out = poi(&["verify", "--full", honest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("ACCEPT (full check)"), "{}", text(&out));
+
+    let artifact = Artifact::decode(&std::fs::read(&honest).unwrap(), 1 << 20).unwrap();
+    let mut body = artifact.body.clone();
+    let mut positions = body.generation.to_positions();
+    let position = positions.len() / 2;
+    let (list, chosen) = &mut positions[position];
+    let slot = if *chosen == 19 { 18 } else { 19 };
+    let replaced = list[slot].token;
+    list[slot].token = (40_000..).find(|t| list.iter().all(|c| c.token != *t)).unwrap();
+    body.generation = Generation::new(body.generation.k(), &positions).unwrap();
+    let key = poi_cli_key(&key_path);
+    let edited = dir.path().join("edited.bin");
+    std::fs::write(&edited, body.sign(&key).encode()).unwrap();
+
+    let out = poi(&["verify", "--full", edited.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("verdict    PASS (replay check)"), "{}", text(&out));
+    let expected = format!("position {position}: the model ranks token {replaced} at");
+    assert!(text(&out).contains(&expected), "{}", text(&out));
+}
+
+/// A validator cannot be started under another profile than the chain's.
+#[test]
+fn a_node_refuses_another_numerics_profile() {
+    let out = poi(&["node", "--profile", "dequant-f32-cpu"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--profile \"dequant-f32-cpu\" refused"), "{}", text(&out));
+    assert!(text(&out).contains("gguf-native-cpu/v2"), "{}", text(&out));
+}
+
+/// The miner key `poi keys generate` wrote (JSON with the hex secret).
+fn poi_cli_key(path: &std::path::Path) -> Keypair {
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let secret = hex::decode(file["secret_key"].as_str().unwrap()).unwrap();
+    Keypair::from_secret(secret.try_into().unwrap())
 }

@@ -127,7 +127,7 @@ fn artifact_bytes(spec: &ChainSpec, pool: &[Vec<Entry>], n: usize) -> usize {
             let entries = &pool[i % pool.len()];
             let candidates = entries
                 .iter()
-                .map(|e| Candidate { token: e.token as u32, logprob: f16::from_f64(e.logprob) })
+                .map(|e| Candidate { token: e.token as u32, logprob: poi_artifact::logged_half(e.logprob) })
                 .collect();
             (candidates, (i % 3) as u8)
         })
@@ -135,12 +135,7 @@ fn artifact_bytes(spec: &ChainSpec, pool: &[Vec<Entry>], n: usize) -> usize {
     let body = ArtifactBody {
         chain_id: spec.chain_id(),
         miner: Keypair::from_secret([1; 32]).public(),
-        request: Request {
-            request_uuid: [7; 16],
-            user_seed: Some(42),
-            prompt_tokens: (0..32).map(|i| 1000 + 997 * i).collect(),
-            binding: None,
-        },
+        request: Request::new([7; 16], Some(42), (0..32).map(|i| 1000 + 997 * i).collect(), n as u32),
         sampling: spec.sampling,
         generation: Generation::new(spec.logged_k, &positions).expect("k entries per position"),
         finish_reason: FinishReason::MaxTokens,

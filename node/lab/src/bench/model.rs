@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use poi_model::chat::Message;
-use poi_model::generate::{generate, teacher_forced_top_k, Draws};
+use poi_model::generate::{generate, teacher_forced_top_k, Draws, StopRules};
 use serde::Deserialize;
 
 use poi_cli::ChainArg;
@@ -49,15 +49,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut tokens = Vec::new();
     for _ in 0..args.runs.max(1) {
         let started = Instant::now();
-        let out = generate(
-            &runtime.model,
-            &prompt,
-            &spec.sampling,
-            spec.logged_k,
-            args.tokens,
-            Draws::Seeded([7; 32]),
-            |_| {},
-        )?;
+        let stop = StopRules { max_tokens: args.tokens, tokens: &[] };
+        let out =
+            generate(&runtime.model, &prompt, &spec.sampling, spec.logged_k, &stop, Draws::Seeded([7; 32]), |_| {})?;
         best_generate = best_generate.min(started.elapsed().as_secs_f64());
         tokens = out.tokens;
     }

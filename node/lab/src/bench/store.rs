@@ -12,6 +12,7 @@ use poi_chain_spec::ChainSpec;
 use poi_node::store::{Store, VerdictRecord};
 use poi_verifier::simulate::{build, Chooser};
 use poi_verifier::verdict::verdict;
+use poi_verifier::SeedingClass;
 
 use crate::stats::quantile;
 
@@ -55,7 +56,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             // over them, then one batch.
             let (id, at) = (artifact.id(), received_at as u64);
             let votes = store.votes(&id)?;
-            let record = VerdictRecord::new(&id, &artifact.body.miner, &verdict(&spec, &id, &votes), &votes, at, at);
+            let class = SeedingClass::RequesterBound;
+            let outcome = verdict(&spec, &id, class, &votes);
+            let record = VerdictRecord::new(&id, &artifact.body.miner, class, &outcome, &votes, at, at);
             store.put_artifact(artifact, &record)?;
             latencies.push(write.elapsed().as_secs_f64() * 1e3);
         }

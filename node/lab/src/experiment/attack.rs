@@ -10,7 +10,7 @@
 
 use poi_artifact::{FinishReason, History};
 use poi_chain_spec::ChainSpec;
-use poi_model::generate::{generate, prefill_proof, teacher_forced_top_k, Draws, Generated};
+use poi_model::generate::{generate, prefill_proof, teacher_forced_top_k, Draws, Generated, StopRules};
 use poi_model::{Llama, TopCandidate};
 use poi_verifier::{choose_from, Sampler};
 use rand::RngCore;
@@ -64,15 +64,8 @@ pub fn repaired_prefill(
         if token != eos && tokens.len() < max_tokens {
             let context = [prompt, &tokens].concat();
             let mut draw = || rng.next_u64();
-            let draft = generate(
-                cheap,
-                &context,
-                params,
-                spec.logged_k,
-                max_tokens - tokens.len(),
-                Draws::External(&mut draw),
-                |_| {},
-            )?;
+            let rest = StopRules { max_tokens: max_tokens - tokens.len(), tokens: &[] };
+            let draft = generate(cheap, &context, params, spec.logged_k, &rest, Draws::External(&mut draw), |_| {})?;
             tokens.extend(draft.tokens);
             finish_reason = draft.finish_reason;
         }

@@ -75,7 +75,8 @@ fn round_up(value: f64) -> f64 {
     format!("{rounded:.1e}").parse().unwrap_or(rounded)
 }
 
-/// The node's own full-check rule, on the stored figures.
+/// The `distance2` / match-ratio rule (the seed's, and a tolerant
+/// profile's), on the stored figures.
 fn rejected(record: &PairRecord, thresholds: &Thresholds) -> bool {
     rejection(record.distance2, record.match_ratio, thresholds).is_some()
 }
@@ -93,6 +94,9 @@ pub struct PairRow {
     /// Rejected by the full check at the chain's thresholds: detection for
     /// fraud, the false-positive rate for honest pairs.
     pub rejected_chain: Option<f64>,
+    /// Rejected by the node's full check itself: exact comparison under the
+    /// chain's bit-exact profile.
+    pub rejected_exact: Option<f64>,
     pub rejected_recommended: Option<f64>,
     /// Against the honest pair of the same decoding; `None` for honest pairs.
     pub auc_distance2: Option<f64>,
@@ -133,6 +137,7 @@ pub fn pair_rows(data: &[PairData], chain: &Thresholds, recommended: &Recommende
                 mean_match_ratio: (!d.records.is_empty())
                     .then(|| d.records.iter().map(|r| r.match_ratio).sum::<f64>() / d.records.len() as f64),
                 rejected_chain: rate(&d.records, |r| rejected(r, chain)),
+                rejected_exact: rate(&d.records, |r| !r.full_check_accepted),
                 rejected_recommended: rate(&d.records, |r| rejected(r, &recommended_thresholds)),
                 auc_distance2,
                 auc_max_position,

@@ -12,9 +12,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use poi_artifact::{Artifact, FinishReason, Generation, Keypair, Request};
 use poi_chain_spec::ChainSpec;
 use poi_model::chat::Message;
-use poi_model::generate::{generate, prefill_proof, teacher_forced_top_k, Draws, Generated};
+use poi_model::generate::{generate, prefill_proof, teacher_forced_top_k, Draws, Generated, StopRules};
 use poi_model::runtime::Runtime;
-use poi_verifier::full_check::{compare, logged_top};
+use poi_verifier::full_check::compare;
 use poi_verifier::replay::{ReplayChecker, ReplayError};
 use rand::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -50,6 +50,9 @@ pub struct PairRecord {
     /// The largest single-position summand of `distance2`: an alternative
     /// score that one badly wrong position cannot hide in an average.
     pub max_position_distance: f64,
+    /// The chain's own full check (exact under the bit-exact profile: every
+    /// list the model's, every seeded pick the logged token).
+    pub full_check_accepted: bool,
     pub prefixes: Vec<PrefixRecord>,
     /// Tokens the adaptive attacker replaced, each followed by a new cheap
     /// draft (repaired pairs only).
@@ -140,27 +143,18 @@ impl Engine {
         // Deterministic per prompt, so that reruns and other machines make
         // the same requests.
         let digest: [u8; 32] = Sha256::digest(format!("poi/experiment/request/{}", prompt.id)).into();
-        let request = Request {
-            request_uuid: digest[..16].try_into().expect("16 bytes"),
-            user_seed: run.seeded.then(|| u64::from_le_bytes(digest[16..24].try_into().expect("8 bytes"))),
-            prompt_tokens,
-            binding: None,
-        };
+        let user_seed = run.seeded.then(|| u64::from_le_bytes(digest[16..24].try_into().expect("8 bytes")));
+        let uuid = digest[..16].try_into().expect("16 bytes");
+        let request = Request::new(uuid, user_seed, prompt_tokens, self.max_tokens as u32);
         let mut rng = rand::rngs::StdRng::from_seed(digest);
         let mut external = || rng.next_u64();
         let draws = match request.run_seed() {
             Some(seed) => Draws::Seeded(seed),
             None => Draws::External(&mut external),
         };
-        let generated = generate(
-            &miner.model,
-            &request.prompt_tokens,
-            &spec.sampling,
-            spec.logged_k,
-            self.max_tokens,
-            draws,
-            |_| {},
-        )?;
+        let stop = StopRules::of(&request);
+        let generated =
+            generate(&miner.model, &request.prompt_tokens, &spec.sampling, spec.logged_k, &stop, draws, |_| {})?;
         let artifact = generated.body(spec, self.miner.public(), request, 0)?.sign(&self.miner);
         fs::create_dir_all(path.parent().expect("has a parent"))?;
         let partial = path.with_extension("partial");
@@ -208,7 +202,7 @@ impl Engine {
             // A repaired proof is over other tokens: the validator's pass is
             // the attacker's last one.
             let validator_tops = validator_tops.as_ref().unwrap_or(&tops);
-            let report = compare(NATIVE.to_string(), &logged_top(&made), validator_tops, &spec.thresholds);
+            let report = compare(&spec.numerics, &made, validator_tops, &spec.thresholds);
             let max_position_distance = report.positions.iter().map(|p| p.distance).fold(0.0, f64::max);
             // Replay and surprisal matter for artifacts that claim the
             // pinned model's distributions: honest ones (false positives)
@@ -225,6 +219,7 @@ impl Engine {
                 distance2: report.distance2,
                 match_ratio: report.match_ratio,
                 max_position_distance,
+                full_check_accepted: report.accepted,
                 prefixes,
                 replaced_tokens,
             });
@@ -240,6 +235,9 @@ impl Engine {
             if n < positions.len() {
                 body.generation = Generation::new(body.generation.k(), &positions[..n])?;
                 body.finish_reason = FinishReason::MaxTokens;
+                // The same request with a smaller budget: a prefix is what
+                // a requester asking for `n` tokens would have got.
+                body.request.max_tokens = n as u32;
             }
             // The surprisal test runs after replay; its failure still means
             // that replay passed.
