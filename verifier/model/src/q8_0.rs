@@ -42,7 +42,6 @@ pub fn kernel_for(x: &[Q8_0]) -> Dot {
     dot_portable
 }
 
-
 /// The definition, in plain Rust: `f32::mul_add` is one correctly rounded
 /// fused operation on every target (in software where there is no FMA unit).
 pub fn dot_portable(w: &[Q8_0], x: &[Q8_0]) -> f32 {
