@@ -5,7 +5,7 @@ use half::f16;
 use sha2::{Digest, Sha256};
 
 use crate::codec;
-use crate::crypto::{sha256, ArtifactId, ChainId, Hash32, Keypair, PublicKey, Signature};
+use crate::crypto::{sha256, ArtifactId, ChainId, Hash32, Keypair, PreparedKey, PublicKey, Signature};
 use crate::crypto::{ARTIFACT_DOMAIN, REQUEST_DOMAIN};
 use crate::error::{DecodeError, SignatureError};
 use crate::packing::PackedTokens;
@@ -442,5 +442,14 @@ impl Artifact {
 
     pub fn verify_signature(&self) -> Result<(), SignatureError> {
         self.body.miner.verify(ARTIFACT_DOMAIN, &self.id, &self.signature, "artifact")
+    }
+
+    /// As `verify_signature`, with the miner's key prepared by the caller;
+    /// a key other than the body's miner fails.
+    pub fn verify_signature_with(&self, miner: &PreparedKey) -> Result<(), SignatureError> {
+        if miner.public() != self.body.miner {
+            return Err(SignatureError::BadSignature { what: "artifact" });
+        }
+        miner.verify(ARTIFACT_DOMAIN, &self.id, &self.signature, "artifact")
     }
 }

@@ -123,6 +123,12 @@ impl PublicKey {
         }
     }
 
+    /// The key decompressed and checked once, for a key that verifies many
+    /// signatures (the chain's requesters, a miner that publishes often).
+    pub fn prepare(&self) -> Result<PreparedKey, SignatureError> {
+        Ok(PreparedKey { public: *self, key: self.verifying_key()? })
+    }
+
     /// Strict verification: rejects non-canonical points, small-order keys and
     /// malleable signatures.
     pub fn verify(
@@ -132,8 +138,34 @@ impl PublicKey {
         signature: &Signature,
         what: &'static str,
     ) -> Result<(), SignatureError> {
-        let key = self.verifying_key()?;
+        self.prepare()?.verify(domain, id, signature, what)
+    }
+}
+
+/// A public key that is a usable ed25519 point, decompressed: verifying with
+/// it skips the decompression `PublicKey::verify` does every time.
+#[derive(Clone, Copy, Debug)]
+pub struct PreparedKey {
+    public: PublicKey,
+    key: VerifyingKey,
+}
+
+impl PreparedKey {
+    pub fn public(&self) -> PublicKey {
+        self.public
+    }
+
+    /// As `PublicKey::verify`: strict.
+    pub fn verify(
+        &self,
+        domain: &[u8],
+        id: &Hash32,
+        signature: &Signature,
+        what: &'static str,
+    ) -> Result<(), SignatureError> {
         let signature = ed25519_dalek::Signature::from_bytes(&signature.0);
-        key.verify_strict(&signed_message(domain, id), &signature).map_err(|_| SignatureError::BadSignature { what })
+        self.key
+            .verify_strict(&signed_message(domain, id), &signature)
+            .map_err(|_| SignatureError::BadSignature { what })
     }
 }

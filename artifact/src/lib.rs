@@ -21,8 +21,8 @@ pub use artifact::{
 };
 pub use codec::MAX_WIRE_BYTES;
 pub use crypto::{
-    sha256, ArtifactId, ChainId, Hash32, Keypair, PublicKey, Signature, VoteId, ARTIFACT_DOMAIN, REQUEST_DOMAIN,
-    SELECT_DOMAIN, VOTE_DOMAIN,
+    sha256, ArtifactId, ChainId, Hash32, Keypair, PreparedKey, PublicKey, Signature, VoteId, ARTIFACT_DOMAIN,
+    REQUEST_DOMAIN, SELECT_DOMAIN, VOTE_DOMAIN,
 };
 pub use error::{DecodeError, JsonError, SignatureError};
 pub use half::f16;

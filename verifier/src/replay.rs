@@ -2,14 +2,16 @@
 //! forwarding it. Rules run in a fixed order and the first failure is reported
 //! with the rule and, where it applies, the position.
 
-use poi_artifact::{Artifact, ChainId, DecodeError, FinishReason, SignatureError};
+use std::collections::HashMap;
+
+use poi_artifact::{Artifact, ChainId, DecodeError, FinishReason, PreparedKey, PublicKey, SignatureError};
 use poi_chain_spec::ChainSpec;
 use thiserror::Error;
 
 use crate::bounds::{at_most, positive};
 use crate::dense_history::DenseHistory;
 use crate::sampler::Sampler;
-use crate::seeding::SeedingClass;
+use crate::seeding::{Requesters, SeedingClass};
 use crate::surprisal::Surprisal;
 
 const MAX_TOTAL_PROBABILITY: f64 = 1.01;
@@ -131,14 +133,22 @@ pub struct ReplayChecker {
     listed_at: Vec<u32>,
     stamp: u32,
     history: DenseHistory,
+    requesters: Requesters,
+    /// Miners' keys, decompressed once; cleared when full, so it stays
+    /// bounded whatever keys peers send.
+    miners: HashMap<PublicKey, PreparedKey>,
 }
+
+const MAX_CACHED_MINERS: usize = 4096;
 
 impl ReplayChecker {
     pub fn new(spec: ChainSpec) -> Self {
         let chain_id = spec.chain_id();
         let vocab = spec.model.vocab_size as usize;
         let (listed_at, history) = (vec![0; vocab], DenseHistory::new(vocab));
-        Self { spec, chain_id, sampler: Sampler::new(), scored: Vec::new(), listed_at, stamp: 0, history }
+        let requesters = Requesters::new(&spec);
+        let (sampler, miners) = (Sampler::new(), HashMap::new());
+        Self { spec, chain_id, sampler, scored: Vec::new(), listed_at, stamp: 0, history, requesters, miners }
     }
 
     fn next_stamp(&mut self) -> u32 {
@@ -177,8 +187,9 @@ impl ReplayChecker {
         if body.generation.k() != spec.logged_k {
             return Err(ReplayError::WrongK { expected: spec.logged_k, found: body.generation.k() });
         }
-        artifact.verify_signature().map_err(ReplayError::Signature)?;
-        let seeding = SeedingClass::of(artifact, &self.spec, &self.chain_id).map_err(ReplayError::RequestBinding)?;
+        let miner = self.miner_key(&body.miner).map_err(ReplayError::Signature)?;
+        artifact.verify_signature_with(&miner).map_err(ReplayError::Signature)?;
+        let seeding = self.requesters.class_of(artifact, &self.chain_id).map_err(ReplayError::RequestBinding)?;
         if !seeding.admitted(self.spec.seeding.policy) {
             return Err(ReplayError::SeedingRequired { class: seeding });
         }
@@ -191,6 +202,18 @@ impl ReplayChecker {
             return Err(ReplayError::Surprisal { z, threshold });
         }
         Ok(report)
+    }
+
+    fn miner_key(&mut self, miner: &PublicKey) -> Result<PreparedKey, SignatureError> {
+        if let Some(key) = self.miners.get(miner) {
+            return Ok(*key);
+        }
+        let key = miner.prepare()?;
+        if self.miners.len() >= MAX_CACHED_MINERS {
+            self.miners.clear();
+        }
+        self.miners.insert(*miner, key);
+        Ok(key)
     }
 
     fn check_limits(&self, artifact: &Artifact) -> Result<(), ReplayError> {

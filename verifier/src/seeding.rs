@@ -2,7 +2,7 @@
 //! each class: only a requester the chain knows makes the seed one the miner
 //! could not choose after seeing outputs.
 
-use poi_artifact::{Artifact, ChainId, SignatureError};
+use poi_artifact::{Artifact, ChainId, PreparedKey, SignatureError, REQUEST_DOMAIN};
 use poi_chain_spec::{ChainSpec, SeedingPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -25,13 +25,7 @@ impl SeedingClass {
     /// The class of `artifact` on `spec`'s chain; an error when a binding is
     /// present but its signature does not verify.
     pub fn of(artifact: &Artifact, spec: &ChainSpec, chain_id: &ChainId) -> Result<Self, SignatureError> {
-        let request = &artifact.body.request;
-        let requester = request.verify_binding(chain_id)?;
-        Ok(match (request.user_seed, requester) {
-            (None, _) => Self::Unseeded,
-            (Some(_), Some(key)) if spec.is_requester(&key) => Self::RequesterBound,
-            (Some(_), _) => Self::MinerSeeded,
-        })
+        Requesters::new(spec).class_of(artifact, chain_id)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -66,5 +60,37 @@ impl SeedingClass {
 impl std::fmt::Display for SeedingClass {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The chain's requester set with each key decompressed once: the replay
+/// check verifies a requester's signature on every bound artifact.
+pub struct Requesters {
+    keys: Vec<PreparedKey>,
+}
+
+impl Requesters {
+    pub fn new(spec: &ChainSpec) -> Self {
+        // The spec's loader already refused keys that are not usable points.
+        Self { keys: spec.seeding.requesters.iter().filter_map(|key| key.prepare().ok()).collect() }
+    }
+
+    /// `SeedingClass::of`, with the prepared keys.
+    pub fn class_of(&self, artifact: &Artifact, chain_id: &ChainId) -> Result<SeedingClass, SignatureError> {
+        let request = &artifact.body.request;
+        let Some(binding) = &request.binding else {
+            return Ok(if request.user_seed.is_some() { SeedingClass::MinerSeeded } else { SeedingClass::Unseeded });
+        };
+        let digest = request.binding_digest(chain_id);
+        let known = self.keys.iter().find(|key| key.public() == binding.requester);
+        match known {
+            Some(key) => key.verify(REQUEST_DOMAIN, &digest, &binding.signature, "request binding")?,
+            None => binding.requester.verify(REQUEST_DOMAIN, &digest, &binding.signature, "request binding")?,
+        }
+        Ok(match (request.user_seed, known) {
+            (None, _) => SeedingClass::Unseeded,
+            (Some(_), Some(_)) => SeedingClass::RequesterBound,
+            (Some(_), None) => SeedingClass::MinerSeeded,
+        })
     }
 }

@@ -144,8 +144,12 @@ fn envelope_rules() {
 
     let body = honest();
     let forged = Keypair::from_secret([99; 32]).sign(poi_artifact::ARTIFACT_DOMAIN, &body.id());
-    let artifact = Artifact::from_parts(body, forged);
+    let artifact = Artifact::from_parts(body.clone(), forged);
     assert!(matches!(checker().check(&artifact), Err(ReplayError::Signature(_))));
+    // The same forgery after the checker has cached the miner's key.
+    let mut warm = checker();
+    warm.check(&body.sign(&miner())).unwrap();
+    assert!(matches!(warm.check(&artifact), Err(ReplayError::Signature(_))));
 
     let mut body = honest();
     body.request.bind(&spec().chain_id(), &Keypair::from_secret([21; 32]));
