@@ -142,6 +142,16 @@ impl TryFrom<&ArtifactJson> for Artifact {
                 })
             })
             .transpose()?;
+        if json.request.stop_token_ids.len() > crate::artifact::MAX_STOP_TOKENS {
+            return Err(field_err(
+                "request.stop_token_ids",
+                format!(
+                    "{} stop tokens, the limit is {}",
+                    json.request.stop_token_ids.len(),
+                    crate::artifact::MAX_STOP_TOKENS
+                ),
+            ));
+        }
         let mut positions = Vec::with_capacity(json.positions.len());
         for (index, position) in json.positions.iter().enumerate() {
             let candidates = position

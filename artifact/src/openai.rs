@@ -138,14 +138,17 @@ pub fn import_chat_completion(response: &str, ctx: &ImportContext<'_>) -> Result
     }
     // OpenAI's "stop" covers both the eos token and stop strings; only the
     // token budget is unambiguous. The server ended on its last token, so
-    // that token is the request's stop rule as far as the artifact can say.
-    let generated = positions.len() as u32;
-    let mut request = Request::new(ctx.request_uuid, None, prompt_tokens, generated);
-    let finish_reason = match choice.finish_reason.as_deref() {
-        Some("length") => FinishReason::MaxTokens,
-        _ => {
-            let last = positions.last().map(|(candidates, chosen)| candidates[usize::from(*chosen)].token);
-            request.stop_token_ids.extend(last);
+    // that token is the request's stop rule as far as the artifact can say,
+    // unless it occurs earlier (a stop string ending in a common token): then
+    // the import claims only that the budget was what it generated.
+    let tokens: Vec<u32> =
+        positions.iter().map(|(candidates, chosen)| candidates[usize::from(*chosen)].token).collect();
+    let mut request = Request::new(ctx.request_uuid, None, prompt_tokens, tokens.len() as u32);
+    let finish_reason = match (choice.finish_reason.as_deref(), tokens.split_last()) {
+        (Some("length"), _) | (_, None) => FinishReason::MaxTokens,
+        (_, Some((last, earlier))) if earlier.contains(last) => FinishReason::MaxTokens,
+        (_, Some((&last, _))) => {
+            request.stop_token_ids.push(last);
             FinishReason::Stop
         }
     };

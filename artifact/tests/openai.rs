@@ -87,3 +87,20 @@ fn refuses_what_it_cannot_represent() {
     assert!(matches!(import_chat_completion("{\"choices\": []}", &ctx(2)), Err(ImportError::NoChoices)));
     assert!(matches!(import_chat_completion("[1,2]", &ctx(2)), Err(ImportError::Json(_))));
 }
+
+/// A `stop` finish becomes a stop on the last token, unless that token
+/// occurs earlier: a stop token mid-output would end the generation there,
+/// so the import then claims only the budget it used.
+#[test]
+fn a_stop_finish_names_the_last_token_only_where_it_ends_the_output() {
+    let stopped = |positions: &[(u32, &[(u32, f64)])]| {
+        let text = response(positions).replace("\"length\"", "\"stop\"");
+        import_chat_completion(&text, &ctx(2)).unwrap()
+    };
+    let body = stopped(&[(7, &[(7, -0.1), (9, -2.0)]), (9, &[(9, -0.1), (7, -0.2)])]);
+    assert_eq!((body.finish_reason, body.request.stop_token_ids.clone()), (FinishReason::Stop, vec![9]));
+    assert_eq!(body.request.max_tokens, 2);
+    let body = stopped(&[(9, &[(9, -0.1), (7, -2.0)]), (9, &[(9, -0.1), (7, -0.2)])]);
+    assert_eq!((body.finish_reason, body.request.stop_token_ids), (FinishReason::MaxTokens, vec![]));
+    assert_eq!(body.request.max_tokens, 2);
+}

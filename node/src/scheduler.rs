@@ -62,11 +62,15 @@ impl FullChecker for ModelChecker {
         // The vote carries the surprisal z too. The replay check (which
         // applies the z limit where it is the test) passed before the
         // artifact was stored, so this repeats it only for the figure.
-        let z = match ReplayChecker::new(self.spec.clone()).check(artifact) {
-            Ok(replay) => replay.z(),
-            Err(err) => return inconclusive(profile, &format!("the replay check fails here: {err}")),
+        let replay = ReplayChecker::new(self.spec.clone()).check(artifact);
+        let z = replay.as_ref().map_or(0.0, |r| r.z());
+        let verdict = match (&replay, report.accepted) {
+            (_, false) => Verdict::Reject,
+            (Ok(_), true) => Verdict::Accept,
+            // Stored artifacts passed the replay check at ingest; if it fails
+            // here (another spec?), the vote cannot vouch for the artifact.
+            (Err(err), true) => return inconclusive(profile, &format!("the replay check fails here: {err}")),
         };
-        let verdict = if report.accepted { Verdict::Accept } else { Verdict::Reject };
         let figures = VoteFigures {
             distance: report.distance2,
             match_ratio: report.match_ratio,

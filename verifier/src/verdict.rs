@@ -139,10 +139,6 @@ pub fn verdict(spec: &ChainSpec, artifact_id: &ArtifactId, seeding: SeedingClass
         if body.chain_id != chain_id || body.artifact_id != *artifact_id || spec.validator(&body.validator).is_none() {
             continue;
         }
-        // A vote under another profile judged other numbers than the chain's.
-        if body.figures.profile_id != profile {
-            continue;
-        }
         if vote.verify_signature().is_err() {
             continue;
         }
@@ -160,6 +156,11 @@ pub fn verdict(spec: &ChainSpec, artifact_id: &ArtifactId, seeding: SeedingClass
         }
         let vote = votes[0];
         let body = &vote.body;
+        // A vote under another profile judged other numbers than the chain's
+        // (it still counts as one of two for equivocation, above).
+        if body.figures.profile_id != profile {
+            continue;
+        }
         let eligible =
             members.contains(&body.validator) || is_selected(&body.validator, artifact_id, &body.selection_proof, rate);
         if eligible {

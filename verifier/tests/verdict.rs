@@ -180,6 +180,11 @@ fn votes_under_another_profile_do_not_count() {
     }
     let outcome = verdict(&spec, &id, &[vote(&spec, &key, &id, Verdict::Reject, 1)]);
     assert_eq!(outcome.status, Status::Disputed, "the chain's own profile counts");
+    // Two votes under two profiles are still two votes: equivocation.
+    let both = [vote(&spec, &key, &id, Verdict::Reject, 1), vote_under(&spec, "x/v1", &key, &id, Verdict::Accept, 1)];
+    let outcome = verdict(&spec, &id, &both);
+    assert_eq!(outcome.equivocators, vec![key.public().to_hex()]);
+    assert_eq!(outcome.status, Status::AcceptedReplayOnly);
 }
 
 /// Miner-seeded and unseeded artifacts are fully checked by every validator
