@@ -113,20 +113,16 @@ impl fmt::Debug for Keypair {
 impl PublicKey {
     /// Checks that the key is a usable ed25519 point (canonical, not small order).
     pub fn verify_point(&self) -> Result<(), SignatureError> {
-        self.verifying_key().map(|_| ())
-    }
-
-    fn verifying_key(&self) -> Result<VerifyingKey, SignatureError> {
-        match VerifyingKey::from_bytes(&self.0) {
-            Ok(key) if !key.is_weak() => Ok(key),
-            _ => Err(SignatureError::InvalidPublicKey),
-        }
+        self.prepare().map(|_| ())
     }
 
     /// The key decompressed and checked once, for a key that verifies many
     /// signatures (the chain's requesters, a miner that publishes often).
     pub fn prepare(&self) -> Result<PreparedKey, SignatureError> {
-        Ok(PreparedKey { public: *self, key: self.verifying_key()? })
+        match VerifyingKey::from_bytes(&self.0) {
+            Ok(key) if !key.is_weak() => Ok(PreparedKey { public: *self, key }),
+            _ => Err(SignatureError::InvalidPublicKey),
+        }
     }
 
     /// Strict verification: rejects non-canonical points, small-order keys and

@@ -25,13 +25,8 @@ impl FullChecker for Judge {
     fn check(&self, artifact: &Artifact) -> (Verdict, VoteFigures) {
         let honest = artifact.body.miner == self.honest_miner;
         let verdict = if honest != self.lies { Verdict::Accept } else { Verdict::Reject };
-        let figures = VoteFigures {
-            distance: if honest { 0.0 } else { 1.0 },
-            match_ratio: 1.0,
-            surprisal_z: 0.0,
-            profile_id: ChainSpec::devnet().numerics.label(),
-            reason: String::new(),
-        };
+        let figures =
+            VoteFigures { distance: if honest { 0.0 } else { 1.0 }, ..poi_tests::clean_figures(&ChainSpec::devnet()) };
         (verdict, figures)
     }
 }
@@ -95,13 +90,7 @@ fn vote(spec: &ChainSpec, key: &Keypair, artifact: &ArtifactId, proof_over: &Art
         validator: key.public(),
         selection_proof: key.sign(SELECT_DOMAIN, proof_over),
         verdict,
-        figures: VoteFigures {
-            distance: 0.0,
-            match_ratio: 1.0,
-            surprisal_z: 0.0,
-            profile_id: spec.numerics.label(),
-            reason: String::new(),
-        },
+        figures: poi_tests::clean_figures(spec),
         created_at_ms: 1,
     }
     .sign(key)

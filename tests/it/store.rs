@@ -5,7 +5,7 @@
 use poi_verifier::simulate as common;
 
 use common::Chooser;
-use poi_artifact::{Artifact, ArtifactId, Keypair, Verdict, Vote, VoteBody, VoteFigures, SELECT_DOMAIN};
+use poi_artifact::{Artifact, ArtifactId, Keypair, Verdict, Vote, VoteBody, SELECT_DOMAIN};
 use poi_chain_spec::{devnet_keypair, ChainSpec};
 use std::sync::Arc;
 
@@ -27,13 +27,7 @@ fn vote(key: &Keypair, id: &ArtifactId, verdict: Verdict) -> Vote {
         validator: key.public(),
         selection_proof: key.sign(SELECT_DOMAIN, id),
         verdict,
-        figures: VoteFigures {
-            distance: 0.0,
-            match_ratio: 1.0,
-            surprisal_z: 0.0,
-            profile_id: spec.numerics.label(),
-            reason: String::new(),
-        },
+        figures: poi_tests::clean_figures(&spec),
         created_at_ms: 5,
     }
     .sign(key)

@@ -81,11 +81,14 @@ impl Requesters {
         let Some(binding) = &request.binding else {
             return Ok(if request.user_seed.is_some() { SeedingClass::MinerSeeded } else { SeedingClass::Unseeded });
         };
-        let digest = request.binding_digest(chain_id);
         let known = self.keys.iter().find(|key| key.public() == binding.requester);
         match known {
-            Some(key) => key.verify(REQUEST_DOMAIN, &digest, &binding.signature, "request binding")?,
-            None => binding.requester.verify(REQUEST_DOMAIN, &digest, &binding.signature, "request binding")?,
+            Some(key) => {
+                key.verify(REQUEST_DOMAIN, &request.binding_digest(chain_id), &binding.signature, "request binding")?
+            }
+            None => {
+                request.verify_binding(chain_id)?;
+            }
         }
         Ok(match (request.user_seed, known) {
             (None, _) => SeedingClass::Unseeded,
