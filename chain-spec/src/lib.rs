@@ -15,7 +15,7 @@ use poi_artifact::{canonical_encode, sha256, ChainId, Hash32, PublicKey, Samplin
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-pub use validate::SpecError;
+pub use validate::{SpecError, MAX_MINER_TEST_WINDOW};
 
 /// The devnet spec shipped with poi and embedded in the binary.
 pub const DEVNET_SPEC_JSON: &str = include_str!("../specs/devnet.json");
@@ -32,6 +32,9 @@ pub struct ChainSpec {
     /// `top_k` may not exceed it.
     pub logged_k: u16,
     pub thresholds: Thresholds,
+    /// The per-miner sequential test over unseeded and miner-seeded
+    /// artifacts (`poi_verifier::miner_test`).
+    pub miner_test: MinerTestParams,
     /// The fraction of artifacts each validator fully re-checks (DESIGN §6).
     pub full_check_rate: f64,
     pub dispute_committee_size: u32,
@@ -154,6 +157,29 @@ pub struct Thresholds {
     pub min_match_ratio: f64,
     /// Reject when the surprisal z-score exceeds this.
     pub max_surprisal_z: f64,
+}
+
+/// The per-miner sequential test (DESIGN §9): a CUSUM of each artifact's
+/// log-likelihood ratio of a flatter (tilted) sampler against the logged one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode)]
+#[serde(deny_unknown_fields)]
+pub struct MinerTestParams {
+    /// λ in (0, 1): the alternative draws each token with probability
+    /// proportional to `q^(1 - λ)`, a sampler run hotter than the chain's.
+    pub tilt: f64,
+    /// α: the flag is raised when the statistic reaches `ln(1 / α)`, which
+    /// bounds an honest miner's chance of being flagged at any one time by α.
+    pub false_alarm_rate: f64,
+    /// The statistic runs over at most this many of the miner's newest
+    /// artifacts, so that one query costs a bounded read.
+    pub window: u32,
+}
+
+impl MinerTestParams {
+    /// The alarm threshold `h = ln(1 / α)`.
+    pub fn threshold(&self) -> f64 {
+        -self.false_alarm_rate.ln()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode)]

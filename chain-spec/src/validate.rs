@@ -8,6 +8,10 @@ use thiserror::Error;
 
 use crate::{ChainSpec, SeedingPolicy};
 
+/// The largest `miner_test.window`: one test query reads at most this many
+/// index entries.
+pub const MAX_MINER_TEST_WINDOW: u32 = 100_000;
+
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[error("field `{field}`: {problem}")]
 pub struct SpecError {
@@ -92,6 +96,15 @@ impl ChainSpec {
         if !(t.max_surprisal_z.is_finite() && t.max_surprisal_z > 0.0) {
             fail("thresholds.max_surprisal_z", "must be finite and positive")?;
         }
+
+        let mt = &self.miner_test;
+        if !(mt.tilt > 0.0 && mt.tilt < 1.0) {
+            fail("miner_test.tilt", format!("{} is outside (0, 1)", mt.tilt))?;
+        }
+        if !(mt.false_alarm_rate > 0.0 && mt.false_alarm_rate < 1.0) {
+            fail("miner_test.false_alarm_rate", format!("{} is outside (0, 1)", mt.false_alarm_rate))?;
+        }
+        in_range("miner_test.window", mt.window, 1, MAX_MINER_TEST_WINDOW)?;
 
         in_range("full_check_rate", self.full_check_rate, 0.0, 1.0)?;
 

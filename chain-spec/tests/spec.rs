@@ -61,7 +61,9 @@ fn chain_id_is_stable_and_changes_with_any_value() {
 
 #[test]
 fn unknown_fields_are_refused_at_every_level() {
-    for pointer in ["", "/model", "/numerics", "/sampling", "/thresholds", "/limits", "/seeding", "/validators/0"] {
+    for pointer in
+        ["", "/model", "/numerics", "/sampling", "/thresholds", "/miner_test", "/limits", "/seeding", "/validators/0"]
+    {
         let mut value = devnet_value();
         value.pointer_mut(pointer).unwrap().as_object_mut().unwrap().insert("surprise".into(), json!(1));
         let err = load(&value).unwrap_err();
@@ -87,6 +89,11 @@ fn out_of_range_values_name_their_field() {
         ("/thresholds/max_distance2", json!(0.0), "thresholds.max_distance2"),
         ("/thresholds/min_match_ratio", json!(1.5), "thresholds.min_match_ratio"),
         ("/thresholds/max_surprisal_z", json!(-1.0), "thresholds.max_surprisal_z"),
+        ("/miner_test/tilt", json!(0.0), "miner_test.tilt"),
+        ("/miner_test/tilt", json!(1.0), "miner_test.tilt"),
+        ("/miner_test/false_alarm_rate", json!(0.0), "miner_test.false_alarm_rate"),
+        ("/miner_test/window", json!(0), "miner_test.window"),
+        ("/miner_test/window", json!(100_001), "miner_test.window"),
         ("/full_check_rate", json!(1.01), "full_check_rate"),
         ("/dispute_committee_size", json!(5), "dispute_committee_size"),
         ("/limits/max_artifact_bytes", json!(100), "limits.max_artifact_bytes"),

@@ -9,6 +9,7 @@ use jsonrpsee::core::client::ClientT;
 use jsonrpsee::http_client::HttpClientBuilder;
 use jsonrpsee::rpc_params;
 use jsonrpsee::ws_client::WsClientBuilder;
+use poi_artifact::Keypair;
 use poi_chain_spec::ChainSpec;
 use poi_node::config::Settings;
 use poi_node::metrics::Metrics;
@@ -17,6 +18,7 @@ use poi_node::rpc::{serve, Rpc, RpcLimits};
 use poi_node::store::Store;
 use poi_rpc_api::error_code::RATE_LIMITED;
 use poi_rpc_api::{HistoryFilter, HistoryPage, NodeStatus, PoiApiClient, Status, SubmitResult};
+use poi_verifier::miner_test::MinerTest;
 
 async fn node(dir: &std::path::Path) -> (String, jsonrpsee::server::ServerHandle) {
     limited_node(dir, Settings::default().rpc_limits()).await.0
@@ -228,5 +230,73 @@ async fn connections_past_the_limit_are_refused_and_freed_on_close() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let _: NodeStatus = reopened.expect("a closed connection frees its place").status().await.unwrap();
+    handle.stop().unwrap();
+}
+
+/// An unseeded miner's artifacts from `chooser`, signed by `miner`.
+fn unseeded(spec: &ChainSpec, miner: &Keypair, seed: u64, chooser: Chooser) -> Vec<u8> {
+    let mut body = common::body_with(spec, 64, seed, chooser);
+    body.miner = miner.public();
+    body.sign(miner).encode()
+}
+
+/// The laundering attack: a miner whose every token is inside the sampler's
+/// kept set, drawn from another model's distribution. Every artifact passes
+/// the checks on its own; the per-miner test over the stored artifacts flags
+/// the miner, and not an honest one beside it.
+#[tokio::test]
+async fn a_laundering_miner_passes_every_artifact_check_and_is_flagged_by_the_miner_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, handle) = node(dir.path()).await;
+    let http = HttpClientBuilder::default().build(format!("http://{addr}")).unwrap();
+    let spec = ChainSpec::devnet();
+    let (honest, launderer) = (Keypair::from_secret([21; 32]), Keypair::from_secret([22; 32]));
+    let mut stored = 0;
+    for seed in 0..150 {
+        let honest_bytes = unseeded(&spec, &honest, 1_000 + seed, Chooser::HonestUnseeded);
+        let laundered = unseeded(&spec, &launderer, 5_000 + seed, Chooser::OtherModelInKept(1.0));
+        for bytes in [honest_bytes, laundered] {
+            // The surprisal test rejects a few on their own; the rest pass.
+            if let Ok(result) = http.submit_artifact(hex::encode(bytes)).await {
+                assert_eq!(result.verdict.status, Status::AcceptedReplayOnly);
+                assert!(result.verdict.evidence.is_some(), "unseeded artifacts carry evidence");
+                stored += 1;
+            }
+        }
+    }
+    assert!(stored >= 280, "only {stored} of 300 passed the per-artifact checks");
+
+    let honest_test = http.miner_test(honest.public().to_hex()).await.unwrap();
+    let laundering_test = http.miner_test(launderer.public().to_hex()).await.unwrap();
+    assert!(!honest_test.flagged, "{honest_test:?}");
+    assert!(laundering_test.flagged, "{laundering_test:?}");
+    assert_eq!(laundering_test.threshold, spec.miner_test.threshold());
+    let at = laundering_test.first_flagged_at.unwrap();
+    eprintln!("laundering miner flagged after {at} of {} artifacts", laundering_test.artifacts);
+
+    // Deterministic from stored data: the statistic again from the history
+    // rows' evidence, in creation order.
+    let mut rows = Vec::new();
+    let mut cursor = None;
+    loop {
+        let filter = HistoryFilter { miner: Some(launderer.public().to_hex()), cursor, ..Default::default() };
+        let page = http.verdict_history(Some(filter)).await.unwrap();
+        rows.extend(page.rows);
+        let Some(next) = page.next_cursor else { break };
+        cursor = Some(next);
+    }
+    let mut evidence: Vec<(u64, f64)> = Vec::new();
+    for row in &rows {
+        let artifact: serde_json::Value = http.get_artifact(row.artifact_id.clone()).await.unwrap().unwrap();
+        let artifact = poi_artifact::Artifact::from_json_str(&artifact.to_string()).unwrap();
+        evidence.push((artifact.body.created_at_ms, row.evidence.unwrap()));
+    }
+    evidence.sort_by_key(|e| e.0);
+    let recomputed = MinerTest::over(evidence.iter().map(|e| e.1), &spec.miner_test);
+    assert_eq!(recomputed.statistic, laundering_test.statistic);
+    assert_eq!(recomputed.artifacts, laundering_test.artifacts);
+
+    let err = http.miner_test("zz".into()).await.unwrap_err();
+    assert!(err.to_string().contains("miner"), "{err}");
     handle.stop().unwrap();
 }

@@ -1,13 +1,16 @@
 //! poi's pure checks (DESIGN §4, §5, §6): sampler v1, the replay check every
 //! peer runs, the full check's comparison of logged and validator lists with
-//! `distance2` and the match ratio, the surprisal test, and the verdict rule.
+//! `distance2` and the match ratio, the surprisal test, the per-miner
+//! sequential test, and the verdict rule.
 //! No networking, storage or model runtime here: the fuzz targets and the
 //! replay benchmark link only this.
 
+pub mod attacks;
 pub mod bounds;
 mod dense_history;
 pub mod distance;
 pub mod full_check;
+pub mod miner_test;
 pub mod replay;
 pub mod sampler;
 pub mod seeding;

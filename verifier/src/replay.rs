@@ -114,6 +114,10 @@ pub struct ReplayReport {
     /// Who fixed the run seed; only seeded artifacts are replayed.
     pub seeding: SeedingClass,
     pub surprisal: Surprisal,
+    /// The artifact's evidence for the per-miner test (`miner_test`): for
+    /// miner-seeded and unseeded artifacts only, since a requester-bound
+    /// artifact's tokens are the seed's, which replay has just shown.
+    pub evidence: Option<f64>,
 }
 
 impl ReplayReport {
@@ -137,6 +141,8 @@ pub struct ReplayChecker {
     /// Miners' keys, decompressed once; cleared when full, so it stays
     /// bounded whatever keys peers send.
     miners: HashMap<PublicKey, PreparedKey>,
+    /// The per-miner test's tilt (the chain's unless an experiment sets it).
+    tilt: f64,
 }
 
 const MAX_CACHED_MINERS: usize = 4096;
@@ -148,7 +154,15 @@ impl ReplayChecker {
         let (listed_at, history) = (vec![0; vocab], DenseHistory::new(vocab));
         let requesters = Requesters::new(&spec);
         let (sampler, miners) = (Sampler::new(), HashMap::new());
-        Self { spec, chain_id, sampler, scored: Vec::new(), listed_at, stamp: 0, history, requesters, miners }
+        let tilt = spec.miner_test.tilt;
+        Self { spec, chain_id, sampler, scored: Vec::new(), listed_at, stamp: 0, history, requesters, miners, tilt }
+    }
+
+    /// Computes the per-miner test's evidence at another tilt than the
+    /// chain's: for experiments that choose the tilt; a node never does.
+    pub fn with_evidence_tilt(mut self, tilt: f64) -> Self {
+        self.tilt = tilt;
+        self
     }
 
     fn next_stamp(&mut self) -> u32 {
@@ -320,6 +334,8 @@ impl ReplayChecker {
         let run_seed = body.request.run_seed();
         self.history.reset(&body.request.prompt_tokens);
         let mut surprisal = Surprisal::default();
+        let tilt = (seeding != SeedingClass::RequesterBound).then_some(self.tilt);
+        let mut evidence = 0.0;
         for (position, view) in body.generation.positions().enumerate() {
             self.scored.clear();
             self.scored.extend(
@@ -353,8 +369,12 @@ impl ReplayChecker {
                 }
             }
             surprisal.add(kept, chosen.probability);
+            if let Some(tilt) = tilt {
+                evidence += crate::miner_test::position_evidence(kept, chosen.probability, tilt);
+            }
             self.history.push(view.chosen_token());
         }
-        Ok(ReplayReport { positions: body.generation.len(), seeding, surprisal })
+        let evidence = tilt.map(|_| evidence);
+        Ok(ReplayReport { positions: body.generation.len(), seeding, surprisal, evidence })
     }
 }

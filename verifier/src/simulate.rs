@@ -48,6 +48,10 @@ pub enum Chooser {
     /// candidates: the hardest case for the surprisal test, since a token
     /// outside the kept set is rejected outright.
     OtherModelInKept(f64),
+    /// Always the most likely kept candidate, without a seed: tokens more
+    /// likely than an honest miner's draws, which banks credit against a
+    /// sequential test that sums evidence from the start.
+    MostLikely,
 }
 
 pub struct Built {
@@ -107,6 +111,7 @@ pub fn body_with(spec: &ChainSpec, n: usize, seed: u64, chooser: Chooser) -> Art
                 kept.iter_mut().for_each(|k| k.probability /= total);
                 crate::choose_from(&kept, rng.gen()).unwrap()
             }
+            Chooser::MostLikely => sampler.distribution(listed(), &history, &params)[0].index,
         };
         history.push(candidates[chosen].token);
         positions.push((candidates, chosen as u8));

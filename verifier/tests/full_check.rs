@@ -5,6 +5,7 @@
 
 use poi_artifact::{f16, Artifact, ArtifactBody, Candidate, Generation, History};
 use poi_chain_spec::ChainSpec;
+use poi_verifier::attacks::steer_list;
 use poi_verifier::full_check::{compare, rejection, Difference, FullCheckReport, Mismatch};
 use poi_verifier::simulate::{body_with, miner, Chooser};
 use poi_verifier::topk::{logged_candidates, TopCandidate};
@@ -47,39 +48,23 @@ fn seeded_pick(body: &ArtifactBody, list: &[Candidate], history: &History, posit
 }
 
 /// The attack of the sound-checks issue: at `target`, log the model's list
-/// but drop candidates where the seeded pick is not the token wanted, and
-/// append filler tokens at exactly the value `distance2` imputes for a missing
-/// token, until the seeded draw over the edited list lands on `wanted`; then
-/// continue honestly (the model's lists, the seeded picks) to the end.
+/// edited (`attacks::steer_list`) so that the seeded pick is `wanted`, and
+/// continue honestly after it.
 fn steer(body: &ArtifactBody, tops: &[Vec<TopCandidate>], target: usize, wanted: u32) -> Option<ArtifactBody> {
+    let seed = body.request.run_seed().unwrap();
     let mut history = History::new(&body.request.prompt_tokens);
     let mut positions = Vec::with_capacity(N);
-    let mut filler = 40_000;
+    let mut fillers = 40_000..;
     for (position, top) in tops.iter().enumerate() {
-        let mut list = logged_candidates(top, &history, &body.sampling);
-        if position == target {
-            for _ in 0..list.len() {
-                let picked = seeded_pick(body, &list, &history, position);
-                if list[picked].token == wanted {
-                    break;
-                }
-                let entries: Vec<(u32, f64)> = list.iter().map(|c| (c.token, c.logprob.to_f64())).collect();
-                let mut values: Vec<f64> = entries.iter().map(|e| e.1).collect();
-                values.sort_by(f64::total_cmp);
-                let stand_in = values[0] - (values[1] - values[0]);
-                list.remove(picked);
-                list.push(Candidate { token: filler, logprob: f16::from_f64(stand_in) });
-                filler += 1;
-                let score = |c: &Candidate| history.penalised(c.token, c.logprob.to_f64(), &body.sampling);
-                list.sort_by(|a, b| poi_artifact::candidate_order((score(a), a.token), (score(b), b.token)));
-            }
-        }
-        let chosen = seeded_pick(body, &list, &history, position);
-        if position == target && list[chosen].token != wanted {
-            return None;
-        }
-        history.push(list[chosen].token);
-        positions.push((list, chosen as u8));
+        let list = logged_candidates(top, &history, &body.sampling);
+        let (list, chosen) = if position == target {
+            steer_list(&list, &history, &body.sampling, &seed, position as u32, wanted, &mut fillers)?
+        } else {
+            let chosen = seeded_pick(body, &list, &history, position);
+            (list, chosen as u8)
+        };
+        history.push(list[usize::from(chosen)].token);
+        positions.push((list, chosen));
     }
     let mut edited = body.clone();
     edited.generation = Generation::new(body.generation.k(), &positions).unwrap();

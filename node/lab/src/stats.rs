@@ -44,6 +44,38 @@ pub fn zero_failure_bound(n: usize) -> Option<f64> {
     (n > 0).then(|| 3.0 / n as f64)
 }
 
+/// The one-sided 95 % upper bound on a rate with `failures` in `n`
+/// (Clopper–Pearson: the rate at which `failures` or fewer would be seen 5 %
+/// of the time); 3/n, the rule of three, is its approximation at 0.
+pub fn upper_bound_95(failures: usize, n: usize) -> Option<f64> {
+    if n == 0 {
+        return None;
+    }
+    if failures >= n {
+        return Some(1.0);
+    }
+    // P(X ≤ failures) for X ~ Binomial(n, p), in log space.
+    let at_most = |p: f64| -> f64 {
+        let mut log_term = n as f64 * (1.0 - p).ln();
+        let mut total = log_term.exp();
+        for i in 0..failures {
+            log_term += ((n - i) as f64).ln() - ((i + 1) as f64).ln() + p.ln() - (1.0 - p).ln();
+            total += log_term.exp();
+        }
+        total
+    };
+    let (mut low, mut high) = (0.0, 1.0);
+    for _ in 0..100 {
+        let mid = (low + high) / 2.0;
+        if at_most(mid) > 0.05 {
+            low = mid;
+        } else {
+            high = mid;
+        }
+    }
+    Some(high)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,5 +102,12 @@ mod tests {
         assert_eq!(rate(&[1, 2, 3, 4], |&x| x > 2), Some(0.5));
         assert_eq!(rate::<u8>(&[], |_| true), None);
         assert_eq!(zero_failure_bound(300), Some(0.01));
+        // Clopper–Pearson at 0 failures is 1 - 0.05^(1/n), just under 3/n.
+        let bound = upper_bound_95(0, 3000).unwrap();
+        assert!((bound - (1.0 - 0.05f64.powf(1.0 / 3000.0))).abs() < 1e-9, "{bound}");
+        // 1 failure in 3000: 4.74/n (the tabulated Poisson factor).
+        let bound = upper_bound_95(1, 3000).unwrap();
+        assert!((bound * 3000.0 - 4.74).abs() < 0.01, "{bound}");
+        assert_eq!(upper_bound_95(5, 0), None);
     }
 }

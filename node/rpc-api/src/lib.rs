@@ -14,7 +14,7 @@ mod views;
 
 pub use poi_verifier::verdict::Status;
 pub use poi_verifier::SeedingClass;
-pub use views::{HistoryFilter, HistoryPage, NodeStatus, PeerInfo, SubmitResult, VerdictView};
+pub use views::{HistoryFilter, HistoryPage, MinerTestView, NodeStatus, PeerInfo, SubmitResult, VerdictView};
 
 /// Error codes a node answers with beside JSON-RPC's own (-32602 invalid
 /// params, -32603 internal).
@@ -45,6 +45,10 @@ pub trait PoiApi {
     async fn get_votes(&self, artifact_id: String) -> RpcResult<Vec<VoteJson>>;
     #[method(name = "verdictHistory")]
     async fn verdict_history(&self, filter: Option<HistoryFilter>) -> RpcResult<HistoryPage>;
+    /// The per-miner sequential test of a miner (hex public key) over its
+    /// newest unseeded and miner-seeded artifacts on this node.
+    #[method(name = "minerTest")]
+    async fn miner_test(&self, miner: String) -> RpcResult<MinerTestView>;
     #[method(name = "status")]
     async fn status(&self) -> RpcResult<NodeStatus>;
     /// Connected peers and their gossip scores.

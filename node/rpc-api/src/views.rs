@@ -21,6 +21,36 @@ pub struct VerdictView {
     pub equivocators: Vec<String>,
     pub received_at_ms: u64,
     pub updated_at_ms: u64,
+    /// The artifact's evidence for the per-miner test (unseeded and
+    /// miner-seeded artifacts only): with `poi_minerTest`'s parameters a
+    /// client recomputes the statistic from history rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<f64>,
+}
+
+/// The per-miner sequential test (DESIGN §9) over a miner's newest unseeded
+/// and miner-seeded artifacts, in creation-time order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MinerTestView {
+    pub miner: String,
+    /// Artifacts the statistic runs over (at most `window`).
+    pub artifacts: u64,
+    /// The CUSUM of the artifacts' evidence.
+    pub statistic: f64,
+    /// `ln(1 / false_alarm_rate)`.
+    pub threshold: f64,
+    /// Whether the statistic is at the threshold or above: an honest miner
+    /// is flagged at any one time with probability at most
+    /// `false_alarm_rate`.
+    pub flagged: bool,
+    /// The largest statistic over those artifacts.
+    pub peak: f64,
+    /// The 1-based artifact (of those) at which it first reached the
+    /// threshold.
+    pub first_flagged_at: Option<u64>,
+    pub tilt: f64,
+    pub false_alarm_rate: f64,
+    pub window: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use poi_artifact::{Artifact, ArtifactId, Keypair, Vote, MAX_VOTE_BYTES};
 use poi_chain_spec::ChainSpec;
 use poi_verifier::verdict::{committee, is_selected, verdict, Status};
-use poi_verifier::{ReplayChecker, ReplayError, SeedingClass};
+use poi_verifier::{ReplayChecker, ReplayError, ReplayReport, SeedingClass};
 use thiserror::Error;
 use tokio::sync::broadcast;
 
@@ -163,10 +163,9 @@ impl Pipeline {
         self.verdicts.subscribe()
     }
 
-    fn replay_check(&self, artifact: &Artifact) -> Result<SeedingClass, ReplayError> {
+    fn replay_check(&self, artifact: &Artifact) -> Result<ReplayReport, ReplayError> {
         let mut checker = self.checkers.lock().expect("checker pool").pop();
-        let result =
-            checker.get_or_insert_with(|| ReplayChecker::new(self.spec.clone())).check(artifact).map(|r| r.seeding);
+        let result = checker.get_or_insert_with(|| ReplayChecker::new(self.spec.clone())).check(artifact);
         self.checkers.lock().expect("checker pool").push(checker.expect("set above"));
         result
     }
@@ -199,14 +198,15 @@ impl Pipeline {
         }
         // The replay check comes first so that a forged artifact is
         // penalised as forged whatever time it claims.
-        let seeding = self.replay_check(&artifact).map_err(rejected)?;
+        let report = self.replay_check(&artifact).map_err(rejected)?;
+        let seeding = report.seeding;
         let now = now_ms();
         if matches!(source, Source::Rpc | Source::Gossip) {
             self.admission.check(artifact.body.created_at_ms, now).inspect_err(|_| {
                 self.metrics.artifacts_outside_window.get_or_create(&label).inc();
             })?;
         }
-        let Some(verdict) = self.store_artifact(&artifact, seeding, now)? else { return self.duplicate(id, &label) };
+        let Some(verdict) = self.store_artifact(&artifact, &report, now)? else { return self.duplicate(id, &label) };
         self.metrics.artifacts_stored.get_or_create(&label).inc();
         let _ = self.verdicts.send(verdict.clone());
         self.consider_full_check(&artifact, seeding, Trigger::Arrived(verdict.status));
@@ -218,9 +218,10 @@ impl Pipeline {
     fn store_artifact(
         &self,
         artifact: &Artifact,
-        seeding: SeedingClass,
+        report: &ReplayReport,
         now: u64,
     ) -> Result<Option<VerdictRecord>, StoreError> {
+        let seeding = report.seeding;
         let id = artifact.id();
         let _ledger = self.ledger.lock().expect("ledger lock");
         if self.store.has_artifact(&id)? {
@@ -228,7 +229,8 @@ impl Pipeline {
         }
         let votes = self.store.votes(&id)?;
         let outcome = verdict(&self.spec, &id, seeding, &votes);
-        let record = VerdictRecord::new(&id, &artifact.body.miner, seeding, &outcome, &votes, now, now);
+        let record = VerdictRecord::new(&id, &artifact.body.miner, seeding, &outcome, &votes, now, now)
+            .with_evidence(report.evidence);
         Ok(self.store.put_artifact(artifact, &record)?.then_some(record))
     }
 
@@ -266,7 +268,10 @@ impl Pipeline {
                 votes.push(vote.clone());
                 let outcome = verdict(&self.spec, &id, previous.seeding, &votes);
                 let (miner, seeding, received) = (previous.miner()?, previous.seeding, previous.received_at_ms);
-                Some(VerdictRecord::new(&id, &miner, seeding, &outcome, &votes, received, now))
+                Some(
+                    VerdictRecord::new(&id, &miner, seeding, &outcome, &votes, received, now)
+                        .with_evidence(previous.evidence),
+                )
             }
             None => None,
         };

@@ -16,7 +16,7 @@ use poi_artifact::json::VoteJson;
 use poi_artifact::{ArtifactId, PublicKey};
 use poi_rpc_api::error_code::REJECTED;
 use poi_rpc_api::{
-    HistoryFilter, HistoryPage, NodeStatus, PeerInfo, PoiApiServer, RpcResult, SubmitResult, VerdictView,
+    HistoryFilter, HistoryPage, MinerTestView, NodeStatus, PeerInfo, PoiApiServer, RpcResult, SubmitResult, VerdictView,
 };
 use tokio::sync::broadcast;
 
@@ -48,6 +48,7 @@ fn view(record: VerdictRecord) -> VerdictView {
         equivocators: record.equivocators,
         received_at_ms: record.received_at_ms,
         updated_at_ms: record.updated_at_ms,
+        evidence: record.evidence,
     }
 }
 
@@ -148,6 +149,27 @@ impl PoiApiServer for Rpc {
         };
         let (rows, next) = self.blocking(move |p| p.store().history(&query).map_err(internal)).await?;
         Ok(HistoryPage { rows: rows.into_iter().map(view).collect(), next_cursor: next.map(hex::encode) })
+    }
+
+    async fn miner_test(&self, miner: String) -> RpcResult<MinerTestView> {
+        let key = PublicKey::from_hex(&miner).map_err(|e| error(INVALID_PARAMS, format!("miner: {e}")))?;
+        let params = self.pipeline.spec().miner_test.clone();
+        let test = {
+            let params = params.clone();
+            self.blocking(move |p| p.store().miner_test(&key, &params).map_err(internal)).await?
+        };
+        Ok(MinerTestView {
+            miner: key.to_hex(),
+            artifacts: test.artifacts,
+            statistic: test.statistic,
+            threshold: params.threshold(),
+            flagged: test.flagged(&params),
+            peak: test.peak,
+            first_flagged_at: test.first_flagged_at,
+            tilt: params.tilt,
+            false_alarm_rate: params.false_alarm_rate,
+            window: params.window,
+        })
     }
 
     async fn status(&self) -> RpcResult<NodeStatus> {

@@ -14,6 +14,10 @@ pub const CF_VERDICTS: &str = "verdicts";
 pub const CF_BY_TIME: &str = "by_time";
 /// miner key ‖ u64_be(received ms) ‖ artifact id → ()
 pub const CF_BY_MINER: &str = "by_miner";
+/// miner key ‖ u64_be(created ms) ‖ artifact id → f64_le evidence: the
+/// per-miner test's input, for unseeded and miner-seeded artifacts, in the
+/// order every node agrees on (the artifacts' own times).
+pub const CF_MINER_EVIDENCE: &str = "miner_evidence";
 /// u64_be(local sequence) ‖ kind byte ‖ key in its family → (): the order in
 /// which this node stored things, which peers page through to catch up.
 pub const CF_LOG: &str = "log";

@@ -5,6 +5,7 @@
 //! is given and decides nothing: verdicts are the pipeline's.
 
 mod keys;
+mod miner_test;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -19,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use keys::{
-    by_miner_key, by_time_key, log_key, vote_key, CF_ARTIFACTS, CF_BY_MINER, CF_BY_TIME, CF_LOG, CF_META, CF_VERDICTS,
-    CF_VOTES, LOG_ARTIFACT, LOG_VOTE,
+    by_miner_key, by_time_key, log_key, vote_key, CF_ARTIFACTS, CF_BY_MINER, CF_BY_TIME, CF_LOG, CF_META,
+    CF_MINER_EVIDENCE, CF_VERDICTS, CF_VOTES, LOG_ARTIFACT, LOG_VOTE,
 };
 
 const META_CHAIN_ID: &[u8] = b"chain_id";
@@ -53,6 +54,10 @@ pub struct VerdictRecord {
     pub equivocators: Vec<String>,
     pub received_at_ms: u64,
     pub updated_at_ms: u64,
+    /// The artifact's evidence for the per-miner test
+    /// (`poi_verifier::miner_test`): unseeded and miner-seeded artifacts only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<f64>,
 }
 
 /// Filters and paging for `history`; the cursor is opaque to clients.
@@ -126,8 +131,9 @@ impl Store {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        let families = [CF_META, CF_ARTIFACTS, CF_VOTES, CF_VERDICTS, CF_BY_TIME, CF_BY_MINER, CF_LOG]
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let families =
+            [CF_META, CF_ARTIFACTS, CF_VOTES, CF_VERDICTS, CF_BY_TIME, CF_BY_MINER, CF_MINER_EVIDENCE, CF_LOG]
+                .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&options, path, families)?;
         let next_seq = {
             let cf = db.cf_handle(CF_LOG).expect("opened above");
@@ -177,6 +183,10 @@ impl Store {
         batch.put_cf(self.cf(CF_ARTIFACTS), id.0, artifact.encode());
         batch.put_cf(self.cf(CF_BY_TIME), by_time_key(received_at_ms, &id), []);
         batch.put_cf(self.cf(CF_BY_MINER), by_miner_key(&miner, received_at_ms, &id), []);
+        if let Some(evidence) = verdict.evidence {
+            let key = by_miner_key(&miner, artifact.body.created_at_ms, &id);
+            batch.put_cf(self.cf(CF_MINER_EVIDENCE), key, evidence.to_le_bytes());
+        }
         batch.put_cf(self.cf(CF_LOG), log_key(*next_seq, LOG_ARTIFACT, &id.0), []);
         batch.put_cf(self.cf(CF_VERDICTS), id.0, serde_json::to_vec(verdict).expect("serialisable"));
         self.db.write_opt(batch, &self.writes)?;
@@ -362,7 +372,14 @@ impl VerdictRecord {
             equivocators: outcome.equivocators.clone(),
             received_at_ms,
             updated_at_ms,
+            evidence: None,
         }
+    }
+
+    /// The same record carrying the artifact's per-miner evidence.
+    pub fn with_evidence(mut self, evidence: Option<f64>) -> Self {
+        self.evidence = evidence;
+        self
     }
 
     pub fn miner(&self) -> Result<PublicKey, StoreError> {

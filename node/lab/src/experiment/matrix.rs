@@ -2,7 +2,7 @@
 //! the pinned model then "proves" its tokens (pre-fill), and how the
 //! validator runs. The validator is always the chain's pinned profile.
 
-use poi_chain_spec::{ChainSpec, Thresholds};
+use poi_chain_spec::{ChainSpec, MinerTestParams, Thresholds};
 
 pub const NATIVE: &str = "gguf-native-cpu";
 
@@ -28,10 +28,13 @@ impl Decoding {
     /// the chain with temperature 0 (its own chain id). Thresholds are set to
     /// fixed values, so that recalibrating them (which changes the real
     /// chain id) keeps the cached artifacts valid: the experiment judges
-    /// stored scores against thresholds itself.
+    /// stored scores against thresholds itself. The per-miner test's
+    /// parameters are fixed for the same reason; the experiment computes its
+    /// evidence at several tilts.
     pub fn spec(self, base: &ChainSpec) -> ChainSpec {
         let mut spec = base.clone();
         spec.thresholds = Thresholds { max_distance2: 1.0, min_match_ratio: 0.0, max_surprisal_z: 4.0 };
+        spec.miner_test = MinerTestParams { tilt: TILTS[0], false_alarm_rate: 0.001, window: 10_000 };
         if self == Self::Greedy {
             spec.sampling.temperature = 0.0;
         }
@@ -177,6 +180,10 @@ pub const RUNS: &[Run] = &[
 ];
 
 pub const ADAPTIVE_PER_KIND: usize = 5;
+
+/// The per-miner test's tilts the experiment computes evidence at, so that
+/// the report can compare them and recommend one.
+pub const TILTS: [f64; 6] = [1.0 / 64.0, 1.0 / 32.0, 1.0 / 16.0, 1.0 / 8.0, 1.0 / 4.0, 1.0 / 2.0];
 
 /// Prefix lengths at which the replay and surprisal tests are evaluated.
 pub const PREFIX_LENGTHS: [usize; 3] = [32, 64, 128];

@@ -6,8 +6,11 @@
 mod attack;
 mod matrix;
 mod plot;
+mod population;
+mod redteam;
 mod report;
 mod run;
+mod sequential;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -41,6 +44,24 @@ pub struct Args {
     /// [default: ~/.cache/poi/experiments].
     #[arg(long, value_name = "DIR")]
     cache: Option<PathBuf>,
+    /// Where check results are kept (JSON lines, one directory per
+    /// configuration); the report is computed from them alone, so keeping
+    /// them (`scripts/experiments.sh` commits them under docs/results/checks)
+    /// lets a run resume on another machine [default: in the cache].
+    #[arg(long, value_name = "DIR")]
+    records: Option<PathBuf>,
+    /// Honest artifacts in the false-positive population: every prompt
+    /// asked again with new seeds, each artifact fully checked.
+    #[arg(long, value_name = "N", default_value_t = 3000)]
+    honest_artifacts: usize,
+    /// Most tokens of each artifact in the honest population (and of the
+    /// laundering miner's).
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    honest_tokens: usize,
+    /// Artifacts of the laundering miner (the adaptive unseeded attacker,
+    /// drafting with the q4_0 model) for the per-miner sequential test.
+    #[arg(long, value_name = "N", default_value_t = 60)]
+    laundering_artifacts: usize,
     /// Where RESULTS.md and results/ (JSON, PNG plots) are written.
     #[arg(long, value_name = "DIR", default_value = "docs")]
     out: PathBuf,
@@ -54,9 +75,20 @@ pub struct Args {
     chain: ChainArg,
 }
 
+/// The laundering miner's draft model: the cheap model nearest the pinned
+/// one, the hardest for the test.
+const LAUNDERING_DRAFTS: &str = "requant-q4_0-cpu";
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let spec = args.chain.load()?;
     let (per_kind, max_tokens) = if args.quick { (1, 32) } else { (args.per_kind, args.max_tokens) };
+    let (honest_artifacts, honest_tokens, laundering_artifacts) =
+        if args.quick { (8, 16, 4) } else { (args.honest_artifacts, args.honest_tokens, args.laundering_artifacts) };
+    anyhow::ensure!(
+        (1..=spec.limits.max_generated_tokens as usize).contains(&honest_tokens),
+        "--honest-tokens must be between 1 and the chain's limit of {}",
+        spec.limits.max_generated_tokens
+    );
     anyhow::ensure!(
         (1..=spec.limits.max_generated_tokens as usize).contains(&max_tokens),
         "--max-tokens must be between 1 and the chain's limit of {}",
@@ -64,8 +96,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     anyhow::ensure!((0.0..1.0).contains(&args.fpr_target), "--fpr-target must be in [0, 1)");
     let prompts = run::load_prompts(args.prompts.as_deref(), per_kind)?;
+    let every_prompt = run::load_prompts(args.prompts.as_deref(), usize::MAX)?;
     let cache_root = args.cache.unwrap_or_else(|| cache_dir().join("experiments"));
-    let cache = cache_root.join(run::cache_key(&spec, max_tokens));
+    let key = run::cache_key(&spec, max_tokens);
+    let cache = cache_root.join(&key);
+    let records = args.records.map_or_else(|| cache.join("checks"), |dir| dir.join(&key));
     let model_path = args.model.unwrap_or_else(|| default_model_path(&spec));
     anyhow::ensure!(
         model_path.exists(),
@@ -99,7 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         cache.display(),
         args.out.display()
     );
-    let engine = run::Engine::new(spec.clone(), cache, max_tokens, runtimes);
+    let engine = run::Engine::new(spec.clone(), cache, records, max_tokens, runtimes);
     let mut data = Vec::new();
     for decoding in Decoding::ALL {
         for run in RUNS.iter().filter(|r| r.applies_to(decoding)) {
@@ -111,21 +146,55 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
 
+    // The longest stage last: an interrupted run has everything else.
+    let mut attacks = redteam::run(&engine, &spec, &prompts, if args.quick { 1 } else { 4 })?;
+    let sampled = Decoding::Sampled.spec(&spec);
+    let laundered = population::laundering_population(
+        &engine,
+        &sampled,
+        &every_prompt,
+        laundering_artifacts,
+        honest_tokens,
+        LAUNDERING_DRAFTS,
+    )?;
+    attacks.extend(laundered.iter().map(redteam::laundered_record));
+    let population = population::honest_population(&engine, &sampled, &every_prompt, honest_artifacts, honest_tokens)?;
+
     let chain = &spec.thresholds;
     let recommended = Recommended::derive(&data, chain, args.fpr_target);
     let pairs = report::pair_rows(&data, chain, &recommended);
     let prefixes = report::prefix_rows(&data, chain.max_surprisal_z);
-    let goals = report::goals(&pairs, &prefixes);
+    let honest_checks = population::HonestSummary::new(&population, honest_tokens);
+    let red_team = redteam::rows(&attacks);
+    let miner_test = sequential::summarise(&population, &laundered, &spec.miner_test, honest_tokens);
+    let goals = report::goals(&pairs, &prefixes, &honest_checks, &red_team, &miner_test);
     let findings = report::Findings::new(&pairs, &prefixes, &recommended);
     let results_dir = args.out.join("results");
     std::fs::create_dir_all(&results_dir).with_context(|| format!("creating {}", results_dir.display()))?;
     let plots = plots(&data, &results_dir, chain.max_distance2, recommended.max_distance2)?;
+    let (honest_curves, laundering_curves) = sequential::curves(&population, &laundered, &spec.miner_test);
+    plot::curves(
+        &results_dir.join("miner-test.png"),
+        &format!("per-miner test at tilt {} (artifacts of {honest_tokens} tokens)", spec.miner_test.tilt),
+        &[
+            plot::Curves { label: "honest miners", curves: &honest_curves, color: RGBColor(40, 90, 200) },
+            plot::Curves {
+                label: "laundering miner, random orders",
+                curves: &laundering_curves,
+                color: RGBColor(210, 60, 40),
+            },
+        ],
+        plot::Marker { label: "threshold ln(1/α)", value: spec.miner_test.threshold(), color: RGBColor(0, 0, 0) },
+    )?;
+    let miner_test_plot = "results/miner-test.png".to_string();
     let command = if args.quick {
         "poi-lab experiment --quick".to_string()
-    } else if per_kind == usize::MAX {
-        format!("poi-lab experiment --max-tokens {max_tokens}")
     } else {
-        format!("poi-lab experiment --per-kind {per_kind} --max-tokens {max_tokens}")
+        let per_kind = if per_kind == usize::MAX { String::new() } else { format!("--per-kind {per_kind} ") };
+        format!(
+            "poi-lab experiment {per_kind}--max-tokens {max_tokens} --honest-artifacts {honest_artifacts} \
+             --honest-tokens {honest_tokens} --laundering-artifacts {laundering_artifacts}"
+        )
     };
     let results = Results {
         command,
@@ -140,6 +209,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         prefixes,
         goals,
         plots,
+        honest_checks,
+        red_team,
+        miner_test,
+        miner_test_plot,
     };
     report::write(&results, &args.out)?;
     for goal in &results.goals {

@@ -1,6 +1,7 @@
 //! Distance histograms (as in the seed document): the honest pair against
 //! another pair, over log10(distance2), with the chain's and the recommended
-//! thresholds marked.
+//! thresholds marked; and the per-miner test's statistic against artifacts
+//! seen, honest and laundering miners, with its threshold.
 
 use std::path::Path;
 
@@ -91,6 +92,69 @@ pub fn histogram(path: &Path, title: &str, series: &[Series<'_>], markers: &[Mar
     }
     chart
         .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(draw)?;
+    root.present().map_err(draw)?;
+    Ok(())
+}
+
+/// A family of curves drawn in one colour, labelled once.
+pub struct Curves<'a> {
+    pub label: &'a str,
+    pub curves: &'a [Vec<f64>],
+    pub color: RGBColor,
+}
+
+/// Curves of a statistic against the artifacts seen (x = 1, 2, …), with a
+/// horizontal threshold.
+pub fn curves(path: &Path, title: &str, families: &[Curves<'_>], threshold: Marker<'_>) -> anyhow::Result<()> {
+    let longest = families.iter().flat_map(|f| f.curves.iter().map(Vec::len)).max().unwrap_or(1).max(1);
+    let tallest = families.iter().flat_map(|f| f.curves.iter().flatten()).copied().fold(threshold.value, f64::max);
+    let root = BitMapBackend::new(path, (900, 500)).into_drawing_area();
+    let draw = |e: DrawingAreaErrorKind<_>| anyhow!("plotting {}: {e}", path.display());
+    root.fill(&WHITE).map_err(draw)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..longest as f64 + 1.0, 0f64..tallest * 1.1)
+        .map_err(draw)?;
+    chart
+        .configure_mesh()
+        .light_line_style(RGBColor(235, 235, 235))
+        .x_desc("artifacts of the miner seen")
+        .y_desc("CUSUM statistic")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(draw)?;
+    for family in families {
+        let color = family.color;
+        for (i, curve) in family.curves.iter().enumerate() {
+            let points = curve.iter().enumerate().map(|(x, &y)| ((x + 1) as f64, y));
+            let series = chart.draw_series(LineSeries::new(points, color.mix(0.7).stroke_width(2))).map_err(draw)?;
+            if i == 0 {
+                series
+                    .label(format!("{} ({} shown)", family.label, family.curves.len()))
+                    .legend(move |(x, y)| PathElement::new([(x, y), (x + 12, y)], color.stroke_width(2)));
+            }
+        }
+    }
+    let color = threshold.color;
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, threshold.value), (longest as f64 + 1.0, threshold.value)],
+            color.stroke_width(2),
+        ))
+        .map_err(draw)?
+        .label(format!("{} {:.2}", threshold.label, threshold.value))
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 12, y)], color.stroke_width(2)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))

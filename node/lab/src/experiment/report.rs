@@ -10,7 +10,10 @@ use serde::Serialize;
 use poi_verifier::full_check::rejection;
 
 use super::matrix::{Class, Decoding, Pair, PREFIX_LENGTHS};
+use super::population::HonestSummary;
+use super::redteam::AttackRow;
 use super::run::PairRecord;
+use super::sequential;
 use crate::stats::{auc, quantile, rate, zero_failure_bound};
 
 /// The recommended `max_distance2` is the honest quantile at the
@@ -247,13 +250,82 @@ fn rate_verdict(failures: f64, n: usize, allowed: f64) -> GoalStatus {
 }
 
 /// DESIGN §9's goals against the measured rows.
-pub fn goals(rows: &[PairRow], prefixes: &[PrefixRow]) -> Vec<Goal> {
+pub fn goals(
+    rows: &[PairRow],
+    prefixes: &[PrefixRow],
+    honest_checks: &HonestSummary,
+    red_team: &[AttackRow],
+    miner_test: &sequential::Summary,
+) -> Vec<Goal> {
     let mut goals = Vec::new();
+    goals.push(Goal {
+        goal: "honest false-positive rate ≤ 0.1 %, shown on ≥ 3000 honest checks (the node's full check and replay)"
+            .into(),
+        measured: format!(
+            "{} of {} honest artifacts ({} positions) rejected; 95 % upper bound {}",
+            honest_checks.rejected,
+            honest_checks.checks,
+            honest_checks.positions,
+            honest_checks.upper_bound.map_or("n/a".into(), percent)
+        ),
+        status: match honest_checks.upper_bound {
+            None => GoalStatus::NoData,
+            Some(_) if honest_checks.observed_rate.is_some_and(|r| r > 0.001) => GoalStatus::Missed,
+            Some(bound) if bound <= 0.001 => GoalStatus::Met,
+            Some(_) => GoalStatus::NotShown,
+        },
+    });
+    let seeded: Vec<&AttackRow> = red_team.iter().filter(|r| r.seeding != "unseeded").collect();
+    let changed: usize = seeded.iter().map(|r| r.changed).sum();
+    let slipped: usize = seeded.iter().map(|r| r.changed_accepted).sum();
+    goals.push(Goal {
+        goal: "every seeded attack rejected where the miner changed at least one token".into(),
+        measured: format!("{slipped} of {changed} changed seeded artifacts accepted"),
+        status: if changed == 0 {
+            GoalStatus::NoData
+        } else if slipped == 0 {
+            GoalStatus::Met
+        } else {
+            GoalStatus::Missed
+        },
+    });
+    let chain_row = miner_test.rows.iter().find(|r| r.tilt == miner_test.chain_tilt);
+    goals.push(Goal {
+        goal: format!(
+            "laundering miner flagged within ≤ {} artifacts (median over orders) at an honest false-alarm rate ≤ 0.1 %",
+            miner_test.goal_artifacts
+        ),
+        measured: match chain_row {
+            Some(r) => format!(
+                "tilt {}: median {} artifacts of {} tokens ({} of orders within {}); honest: {} of {} looks flagged",
+                r.tilt,
+                r.median_to_flag.map_or(format!("> {}", r.laundering_admitted), |m| format!("{m}")),
+                miner_test.honest_tokens,
+                r.flagged_within_goal.map_or("n/a".into(), percent),
+                miner_test.goal_artifacts,
+                r.honest_flagged_looks,
+                r.honest_looks
+            ),
+            None => "no data".into(),
+        },
+        status: match chain_row {
+            Some(r) if r.laundering_admitted > 0 && r.honest_looks > 0 => {
+                let honest_ok = (r.honest_flagged_looks as f64) <= 0.001 * r.honest_looks as f64;
+                if honest_ok && r.median_to_flag.is_some_and(|m| m <= miner_test.goal_artifacts as f64) {
+                    GoalStatus::Met
+                } else {
+                    GoalStatus::Missed
+                }
+            }
+            _ => GoalStatus::NoData,
+        },
+    });
     let honest: Vec<&PairRow> = rows.iter().filter(|r| r.class == Class::Honest).collect();
     let total: usize = honest.iter().map(|r| r.n).sum();
     let false_positives: f64 = honest.iter().map(|r| r.rejected_recommended.unwrap_or(0.0) * r.n as f64).sum();
     goals.push(Goal {
-        goal: "honest false-positive rate ≤ 0.1 % (recommended thresholds)".into(),
+        goal: "honest false-positive rate ≤ 0.1 % (the matrix's honest pairs, recommended `distance2` thresholds)"
+            .into(),
         measured: format!(
             "{} of {total} rejected; 95 % upper bound {}",
             false_positives.round(),
@@ -371,6 +443,10 @@ pub struct Results {
     pub findings: Findings,
     pub adaptive_per_kind: usize,
     pub plots: BTreeMap<String, String>,
+    pub honest_checks: HonestSummary,
+    pub red_team: Vec<AttackRow>,
+    pub miner_test: sequential::Summary,
+    pub miner_test_plot: String,
 }
 
 pub fn write(results: &Results, out: &Path) -> anyhow::Result<()> {

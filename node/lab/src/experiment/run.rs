@@ -20,8 +20,8 @@ use rand::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::attack::repaired_prefill;
-use super::matrix::{Decoding, Output, Run, NATIVE, PREFIX_LENGTHS};
+use super::attack::{repaired_prefill, Repair};
+use super::matrix::{Decoding, Output, Run, NATIVE, PREFIX_LENGTHS, TILTS};
 
 #[derive(Clone, Debug, Deserialize)]
 pub struct Prompt {
@@ -54,6 +54,12 @@ pub struct PairRecord {
     /// list the model's, every seeded pick the logged token).
     pub full_check_accepted: bool,
     pub prefixes: Vec<PrefixRecord>,
+    /// The whole artifact's evidence for the per-miner test with its seed
+    /// removed, at each of `matrix::TILTS`; empty where the replay check
+    /// rejects it unseeded (so no node would store it) or pairs that do not
+    /// claim the pinned model's distributions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<f64>,
     /// Tokens the adaptive attacker replaced, each followed by a new cheap
     /// draft (repaired pairs only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,7 +76,10 @@ pub struct RunRecord {
 
 pub struct Engine {
     base: ChainSpec,
+    /// Generated artifacts.
     cache: PathBuf,
+    /// Check results (JSON lines), which a report needs and nothing else.
+    records: PathBuf,
     max_tokens: usize,
     miner: Keypair,
     /// By numerics profile id; every profile loads the same pinned file.
@@ -79,12 +88,39 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(base: ChainSpec, cache: PathBuf, max_tokens: usize, runtimes: HashMap<String, Runtime>) -> Self {
+    pub fn new(
+        base: ChainSpec,
+        cache: PathBuf,
+        records: PathBuf,
+        max_tokens: usize,
+        runtimes: HashMap<String, Runtime>,
+    ) -> Self {
         let miner = Keypair::from_secret(Sha256::digest(b"poi/experiment/miner").into());
-        Self { base, cache, max_tokens, miner, runtimes, progress: MultiProgress::new() }
+        Self { base, cache, records, max_tokens, miner, runtimes, progress: MultiProgress::new() }
     }
 
-    fn runtime(&self, profile: &str) -> anyhow::Result<&Runtime> {
+    pub fn miner(&self) -> &Keypair {
+        &self.miner
+    }
+
+    pub fn pinned(&self) -> anyhow::Result<&Runtime> {
+        self.runtime(NATIVE)
+    }
+
+    pub fn records_dir(&self) -> &Path {
+        &self.records
+    }
+
+    pub fn progress_bar(&self, len: usize, prefix: String) -> ProgressBar {
+        let bar = self.progress.add(ProgressBar::new(len as u64)).with_style(
+            ProgressStyle::with_template("{prefix:>32} {bar:30} {pos}/{len} [{elapsed}<{eta}]")
+                .expect("constant template"),
+        );
+        bar.set_prefix(prefix);
+        bar
+    }
+
+    pub fn runtime(&self, profile: &str) -> anyhow::Result<&Runtime> {
         self.runtimes.get(profile).with_context(|| format!("profile {profile} was not loaded"))
     }
 
@@ -96,17 +132,13 @@ impl Engine {
             None => prompts.to_vec(),
         };
         let spec = decoding.spec(&self.base);
-        let path = self.cache.join("checks").join(decoding.name()).join(format!("{}.jsonl", run.key()));
-        let mut records = read_records(&path)?;
+        let path = self.records.join(decoding.name()).join(format!("{}.jsonl", run.key()));
+        let mut records: HashMap<String, RunRecord> =
+            read_lines(&path)?.into_iter().map(|r: RunRecord| (r.id.clone(), r)).collect();
         let todo: Vec<&Prompt> = prompts.iter().filter(|p| !records.contains_key(&p.id)).collect();
         if !todo.is_empty() {
-            fs::create_dir_all(path.parent().expect("has a parent"))?;
-            let mut out = OpenOptions::new().create(true).append(true).open(&path)?;
-            let bar = self.progress.add(ProgressBar::new(todo.len() as u64)).with_style(
-                ProgressStyle::with_template("{prefix:>32} {bar:30} {pos}/{len} [{elapsed}<{eta}]")
-                    .expect("constant template"),
-            );
-            bar.set_prefix(format!("{} {}", decoding.name(), run.key()));
+            let mut out = append_to(&path)?;
+            let bar = self.progress_bar(todo.len(), format!("{} {}", decoding.name(), run.key()));
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(run.validator_threads.unwrap_or(0))
                 .build()
@@ -126,7 +158,13 @@ impl Engine {
     }
 
     /// The miner's artifact for `prompt`, from the cache or generated now.
-    fn generation(&self, spec: &ChainSpec, decoding: Decoding, run: &Run, prompt: &Prompt) -> anyhow::Result<Artifact> {
+    pub fn generation(
+        &self,
+        spec: &ChainSpec,
+        decoding: Decoding,
+        run: &Run,
+        prompt: &Prompt,
+    ) -> anyhow::Result<Artifact> {
         let seeding = if run.seeded { "seeded" } else { "unseeded" };
         let path = self
             .cache
@@ -194,8 +232,9 @@ impl Engine {
                     let mut rng = rand::rngs::StdRng::from_seed(seed);
                     let cheap = &self.runtime(run.miner)?.model;
                     let draft = (&tokens[..], body.finish_reason);
+                    let repair = Repair::IntoKeptSet(&mut rng);
                     let repaired =
-                        repaired_prefill(&pinned.model, cheap, prompt_tokens, draft, self.max_tokens, spec, &mut rng)?;
+                        repaired_prefill(&pinned.model, cheap, prompt_tokens, draft, self.max_tokens, spec, repair)?;
                     (sign(repaired.proof)?, Some(repaired.tops), Some(repaired.replaced))
                 }
             };
@@ -207,12 +246,13 @@ impl Engine {
             // Replay and surprisal matter for artifacts that claim the
             // pinned model's distributions: honest ones (false positives)
             // and pre-fill proofs (detection).
-            let prefixes = match pair.output {
-                Output::Prefill | Output::RepairedPrefill => self.prefixes(checker, &made)?,
-                Output::Direct if run.miner == NATIVE && run.validator_threads.is_none() => {
-                    self.prefixes(checker, &made)?
-                }
-                Output::Direct => Vec::new(),
+            let claims_pinned = match pair.output {
+                Output::Prefill | Output::RepairedPrefill => true,
+                Output::Direct => run.miner == NATIVE && run.validator_threads.is_none(),
+            };
+            let (prefixes, evidence) = match claims_pinned {
+                true => (self.prefixes(checker, &made)?, unseeded_evidence(spec, &made, &self.miner)),
+                false => (Vec::new(), Vec::new()),
             };
             pairs.push(PairRecord {
                 pair: pair.name.to_string(),
@@ -221,6 +261,7 @@ impl Engine {
                 max_position_distance,
                 full_check_accepted: report.accepted,
                 prefixes,
+                evidence,
                 replaced_tokens,
             });
         }
@@ -256,21 +297,46 @@ impl Engine {
     }
 }
 
-fn read_records(path: &Path) -> anyhow::Result<HashMap<String, RunRecord>> {
+/// The artifact's per-miner evidence at each of `TILTS`, checked as the
+/// unseeded artifact it would be without its seed; empty if the replay
+/// check rejects that (a node would not store it).
+pub fn unseeded_evidence(spec: &ChainSpec, artifact: &Artifact, miner: &Keypair) -> Vec<f64> {
+    let mut body = artifact.body.clone();
+    body.request.user_seed = None;
+    body.request.binding = None;
+    let unseeded = body.sign(miner);
+    let mut out = Vec::with_capacity(TILTS.len());
+    for tilt in TILTS {
+        match ReplayChecker::new(spec.clone()).with_evidence_tilt(tilt).check(&unseeded) {
+            Ok(report) => out.push(report.evidence.expect("unseeded artifacts carry evidence")),
+            Err(_) => return Vec::new(),
+        }
+    }
+    out
+}
+
+/// The records of a JSON-lines file (none if it does not exist yet).
+pub fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
     let file = match File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    let mut records = HashMap::new();
+    let mut records = Vec::new();
     for line in BufReader::new(file).lines() {
         let line = line?;
         // A line cut short by a crash is redone.
-        if let Ok(record) = serde_json::from_str::<RunRecord>(&line) {
-            records.insert(record.id.clone(), record);
+        if let Ok(record) = serde_json::from_str(&line) {
+            records.push(record);
         }
     }
     Ok(records)
+}
+
+/// Opens a JSON-lines file for appending records to.
+pub fn append_to(path: &Path) -> anyhow::Result<File> {
+    fs::create_dir_all(path.parent().expect("has a parent"))?;
+    OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))
 }
 
 /// The first `cap` prompts of each kind, in order.
