@@ -19,6 +19,10 @@ fn row<'a>(rows: &'a [serde_json::Value], decoding: &str, pair: &str) -> &'a ser
         .unwrap_or_else(|| panic!("no {decoding} {pair} row"))
 }
 
+fn row_named<'a>(rows: &'a [serde_json::Value], attack: &str) -> &'a serde_json::Value {
+    rows.iter().find(|r| r["attack"] == attack).unwrap_or_else(|| panic!("no {attack} row"))
+}
+
 #[test]
 fn quick_matrix_writes_the_report_separates_honest_from_fraud_and_resumes_from_cache() {
     let dir = tempfile::tempdir().unwrap();
@@ -63,7 +67,30 @@ fn quick_matrix_writes_the_report_separates_honest_from_fraud_and_resumes_from_c
     }
     assert!(row(pairs, "sampled", "repaired-q2k-unseeded")["median_replaced_tokens"].as_f64().unwrap() >= 1.0);
 
+    // The honest population: every one accepted by both checks.
+    let honest = &results["honest_checks"];
+    assert_eq!(honest["checks"], 8, "{honest}");
+    assert_eq!(honest["rejected"], 0, "{honest}");
+    // The red team: no changed seeded artifact accepted, the steered lists
+    // caught by the full check after passing replay.
+    let red_team = results["red_team"].as_array().unwrap();
+    for attack in red_team.iter().filter(|r| r["seeding"] != "unseeded") {
+        assert_eq!(attack["changed_accepted"], 0, "{attack}");
+    }
+    let steered = row_named(red_team, "steer lists to q4_0's tokens");
+    assert_eq!(steered["tried"], 4);
+    assert_eq!(steered["by_rule"]["full check: Omitted"], 4, "{steered}");
+    let cut = row_named(red_team, "forced early stop: cut short, no eos");
+    assert_eq!(cut["by_rule"]["replay: structure StoppedEarly"], 4, "{cut}");
+    // The sequential test: evidence for every tilt and both launderers.
+    let rows = results["miner_test"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 12, "{rows:?}");
+    assert!(rows.iter().all(|r| r["honest_looks"] == 8 && r["honest_flagged_looks"] == 0), "{rows:?}");
+
     let report = std::fs::read_to_string(out_dir.join("RESULTS.md")).unwrap();
+    let png = std::fs::read(out_dir.join(results["miner_test_plot"].as_str().unwrap())).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    assert!(report.contains("| steer lists to q4_0's tokens | requester-bound | 4 | 4 | 4 | 0 |"), "{report}");
     for (key, file) in results["plots"].as_object().unwrap() {
         let png = std::fs::read(out_dir.join(file.as_str().unwrap())).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{key} is not a PNG");

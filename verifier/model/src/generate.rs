@@ -65,6 +65,30 @@ pub enum Draws<'a> {
     External(&'a mut dyn FnMut() -> u64),
 }
 
+/// Where a generator's next-token log-probs come from: the pinned model with
+/// its KV cache, or another engine (the experiment's llama.cpp miner).
+pub trait NextLogprobs {
+    /// The log-softmax row after `prompt`.
+    fn start(&mut self, prompt: &[u32]) -> Result<Vec<f32>, ModelError>;
+    /// The row after one more token.
+    fn advance(&mut self, token: u32) -> Result<Vec<f32>, ModelError>;
+}
+
+struct Cached<'a> {
+    model: &'a Llama,
+    cache: crate::KvCache,
+}
+
+impl NextLogprobs for Cached<'_> {
+    fn start(&mut self, prompt: &[u32]) -> Result<Vec<f32>, ModelError> {
+        self.model.forward(prompt, &mut self.cache, prompt.len() - 1)
+    }
+
+    fn advance(&mut self, token: u32) -> Result<Vec<f32>, ModelError> {
+        self.model.forward(&[token], &mut self.cache, 0)
+    }
+}
+
 /// Generates after `prompt` with the KV cache, sampling with sampler v1 from
 /// exactly the logged values, under the request's stop rules: after the eos
 /// token, after a stop token, or after `max_tokens` (capped so that prompt and
@@ -76,25 +100,40 @@ pub fn generate(
     params: &SamplingParams,
     k: u16,
     stop: &StopRules<'_>,
+    draws: Draws<'_>,
+    on_token: impl FnMut(u32),
+) -> Result<Generated, ModelError> {
+    let mut source = Cached { model, cache: model.new_cache() };
+    generate_from(&mut source, model.config(), prompt, params, k, stop, draws, on_token)
+}
+
+/// `generate` on log-probs from any `source` over the model `config`
+/// describes: the same top-k, logging and sampler.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_from(
+    source: &mut dyn NextLogprobs,
+    config: &crate::LlamaConfig,
+    prompt: &[u32],
+    params: &SamplingParams,
+    k: u16,
+    stop: &StopRules<'_>,
     mut draws: Draws<'_>,
     mut on_token: impl FnMut(u32),
 ) -> Result<Generated, ModelError> {
     if prompt.is_empty() {
         return Err(ModelError::Metadata("an empty prompt has nothing to condition on".into()));
     }
-    let config = model.config();
     let eos = config.eos_token_id;
     let room = config.context_length.saturating_sub(prompt.len());
     if room == 0 {
         return Err(ModelError::TooLong { what: "prompt", found: prompt.len(), limit: config.context_length - 1 });
     }
     let max_tokens = stop.max_tokens.min(room);
-    let mut cache = model.new_cache();
     let mut history = History::new(prompt);
     let mut selector = PenalisedTopK::new(config.vocab_size, usize::from(k), prompt);
     let mut sampler = Sampler::new();
     let mut out = Generated { positions: Vec::new(), tokens: Vec::new(), finish_reason: FinishReason::MaxTokens };
-    let mut logprobs = model.forward(prompt, &mut cache, prompt.len() - 1)?;
+    let mut logprobs = source.start(prompt)?;
     for position in 0..max_tokens {
         let top = selector.select(&logprobs, &history, params);
         let logged = logged_candidates(&top, &history, params);
@@ -122,7 +161,7 @@ pub fn generate(
         }
         history.push(token);
         selector.note(token);
-        logprobs = model.forward(&[token], &mut cache, 0)?;
+        logprobs = source.advance(token)?;
     }
     Ok(out)
 }

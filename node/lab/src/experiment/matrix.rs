@@ -179,6 +179,11 @@ pub const RUNS: &[Run] = &[
     },
 ];
 
+/// `requant-q4_0-cpu` → `q4_0`, for labels.
+pub fn short_name(profile: &str) -> &str {
+    profile.trim_start_matches("requant-").trim_end_matches("-cpu")
+}
+
 pub const ADAPTIVE_PER_KIND: usize = 5;
 
 /// The per-miner test's tilts the experiment computes evidence at, so that

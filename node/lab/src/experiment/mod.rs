@@ -4,6 +4,7 @@
 //! and one distance histogram per pair.
 
 mod attack;
+mod llama_cpp;
 mod matrix;
 mod plot;
 mod population;
@@ -75,9 +76,10 @@ pub struct Args {
     chain: ChainArg,
 }
 
-/// The laundering miner's draft model: the cheap model nearest the pinned
-/// one, the hardest for the test.
-const LAUNDERING_DRAFTS: &str = "requant-q4_0-cpu";
+/// The laundering miners' draft models: the cheap model nearest the pinned
+/// one, which needs few repairs, and a farther one, whose drafts are
+/// repaired so often that most of its tokens are the pinned model's draws.
+const LAUNDERING_DRAFTS: [&str; 2] = ["requant-q4_0-cpu", "requant-q2k-cpu"];
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let spec = args.chain.load()?;
@@ -147,17 +149,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     // The longest stage last: an interrupted run has everything else.
-    let mut attacks = redteam::run(&engine, &spec, &prompts, if args.quick { 1 } else { 4 })?;
+    let llama_cpp = llama_cpp::LlamaCpp::spawn(&model_path, spec.model.vocab_size as usize)?;
+    if llama_cpp.is_none() {
+        eprintln!("llama-cpp-python is not installed: the llama.cpp miner's row is left out");
+    }
+    let mut attacks = redteam::run(&engine, &spec, &prompts, if args.quick { 1 } else { 4 }, llama_cpp)?;
     let sampled = Decoding::Sampled.spec(&spec);
-    let laundered = population::laundering_population(
-        &engine,
-        &sampled,
-        &every_prompt,
-        laundering_artifacts,
-        honest_tokens,
-        LAUNDERING_DRAFTS,
-    )?;
-    attacks.extend(laundered.iter().map(redteam::laundered_record));
+    let mut laundered = Vec::new();
+    for drafts in LAUNDERING_DRAFTS {
+        let records = population::laundering_population(
+            &engine,
+            &sampled,
+            &every_prompt,
+            laundering_artifacts,
+            honest_tokens,
+            drafts,
+        )?;
+        attacks.extend(records.iter().map(|r| redteam::laundered_record(drafts, r)));
+        laundered.push((drafts, records));
+    }
     let population = population::honest_population(&engine, &sampled, &every_prompt, honest_artifacts, honest_tokens)?;
 
     let chain = &spec.thresholds;
@@ -173,17 +183,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&results_dir).with_context(|| format!("creating {}", results_dir.display()))?;
     let plots = plots(&data, &results_dir, chain.max_distance2, recommended.max_distance2)?;
     let (honest_curves, laundering_curves) = sequential::curves(&population, &laundered, &spec.miner_test);
+    let labels: Vec<String> =
+        LAUNDERING_DRAFTS.iter().map(|d| format!("laundering, {} drafts", matrix::short_name(d))).collect();
+    let colors = [RGBColor(210, 60, 40), RGBColor(230, 150, 30)];
+    let mut families =
+        vec![plot::Curves { label: "honest miners", curves: &honest_curves, color: RGBColor(40, 90, 200) }];
+    for ((label, curves), color) in labels.iter().zip(&laundering_curves).zip(colors) {
+        families.push(plot::Curves { label, curves, color });
+    }
     plot::curves(
         &results_dir.join("miner-test.png"),
         &format!("per-miner test at tilt {} (artifacts of {honest_tokens} tokens)", spec.miner_test.tilt),
-        &[
-            plot::Curves { label: "honest miners", curves: &honest_curves, color: RGBColor(40, 90, 200) },
-            plot::Curves {
-                label: "laundering miner, random orders",
-                curves: &laundering_curves,
-                color: RGBColor(210, 60, 40),
-            },
-        ],
+        &families,
         plot::Marker { label: "threshold ln(1/α)", value: spec.miner_test.threshold(), color: RGBColor(0, 0, 0) },
     )?;
     let miner_test_plot = "results/miner-test.png".to_string();

@@ -275,7 +275,7 @@ pub fn goals(
             Some(_) => GoalStatus::NotShown,
         },
     });
-    let seeded: Vec<&AttackRow> = red_team.iter().filter(|r| r.seeding != "unseeded").collect();
+    let seeded: Vec<&AttackRow> = red_team.iter().filter(|r| r.seeding != "unseeded" && !r.honest).collect();
     let changed: usize = seeded.iter().map(|r| r.changed).sum();
     let slipped: usize = seeded.iter().map(|r| r.changed_accepted).sum();
     goals.push(Goal {
@@ -289,29 +289,43 @@ pub fn goals(
             GoalStatus::Missed
         },
     });
-    let chain_row = miner_test.rows.iter().find(|r| r.tilt == miner_test.chain_tilt);
+    let at_chain_tilt: Vec<&sequential::TiltRow> =
+        miner_test.rows.iter().filter(|r| r.tilt == miner_test.chain_tilt && r.laundering_admitted > 0).collect();
+    let measured: Vec<String> = at_chain_tilt
+        .iter()
+        .map(|r| {
+            format!(
+                "{} drafts: median {} artifacts ({} of orders within {})",
+                r.launderer,
+                r.median_to_flag.map_or(format!("> {}", r.laundering_admitted), |m| format!("{m}")),
+                r.flagged_within_goal.map_or("n/a".into(), percent),
+                miner_test.goal_artifacts
+            )
+        })
+        .collect();
+    let honest_row = at_chain_tilt.first();
     goals.push(Goal {
         goal: format!(
             "laundering miner flagged within ≤ {} artifacts (median over orders) at an honest false-alarm rate ≤ 0.1 %",
             miner_test.goal_artifacts
         ),
-        measured: match chain_row {
-            Some(r) => format!(
-                "tilt {}: median {} artifacts of {} tokens ({} of orders within {}); honest: {} of {} looks flagged",
-                r.tilt,
-                r.median_to_flag.map_or(format!("> {}", r.laundering_admitted), |m| format!("{m}")),
+        measured: match honest_row {
+            Some(h) => format!(
+                "tilt {}, artifacts of {} tokens: {}; honest: {} of {} looks flagged",
+                miner_test.chain_tilt,
                 miner_test.honest_tokens,
-                r.flagged_within_goal.map_or("n/a".into(), percent),
-                miner_test.goal_artifacts,
-                r.honest_flagged_looks,
-                r.honest_looks
+                measured.join("; "),
+                h.honest_flagged_looks,
+                h.honest_looks
             ),
             None => "no data".into(),
         },
-        status: match chain_row {
-            Some(r) if r.laundering_admitted > 0 && r.honest_looks > 0 => {
-                let honest_ok = (r.honest_flagged_looks as f64) <= 0.001 * r.honest_looks as f64;
-                if honest_ok && r.median_to_flag.is_some_and(|m| m <= miner_test.goal_artifacts as f64) {
+        status: match honest_row {
+            Some(h) if h.honest_looks > 0 => {
+                let honest_ok = (h.honest_flagged_looks as f64) <= 0.001 * h.honest_looks as f64;
+                let flagged =
+                    |r: &&&sequential::TiltRow| r.median_to_flag.is_some_and(|m| m <= miner_test.goal_artifacts as f64);
+                if honest_ok && at_chain_tilt.iter().all(|r| flagged(&r)) {
                     GoalStatus::Met
                 } else {
                     GoalStatus::Missed
@@ -319,19 +333,6 @@ pub fn goals(
             }
             _ => GoalStatus::NoData,
         },
-    });
-    let honest: Vec<&PairRow> = rows.iter().filter(|r| r.class == Class::Honest).collect();
-    let total: usize = honest.iter().map(|r| r.n).sum();
-    let false_positives: f64 = honest.iter().map(|r| r.rejected_recommended.unwrap_or(0.0) * r.n as f64).sum();
-    goals.push(Goal {
-        goal: "honest false-positive rate ≤ 0.1 % (the matrix's honest pairs, recommended `distance2` thresholds)"
-            .into(),
-        measured: format!(
-            "{} of {total} rejected; 95 % upper bound {}",
-            false_positives.round(),
-            zero_failure_bound(total).map_or("n/a".into(), percent)
-        ),
-        status: rate_verdict(false_positives.round(), total, 0.001),
     });
     let mut detection = |class: Class, goal: &str, target: f64, min_auc: Option<f64>| {
         let of_class: Vec<&PairRow> = rows.iter().filter(|r| r.class == class).collect();

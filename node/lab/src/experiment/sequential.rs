@@ -10,7 +10,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use super::matrix::TILTS;
+use super::matrix::{short_name, TILTS};
 use super::population::{HonestRecord, LaunderedRecord};
 use crate::stats::quantile;
 
@@ -22,6 +22,8 @@ pub const GOAL_ARTIFACTS: usize = 20;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TiltRow {
+    /// The laundering miner's draft model.
+    pub launderer: String,
     pub tilt: f64,
     pub honest_miners: usize,
     /// Looks: one after each honest artifact.
@@ -53,11 +55,17 @@ pub struct Summary {
     pub goal_artifacts: usize,
     pub orderings: usize,
     pub honest_tokens: usize,
-    pub laundering_rejected_alone: usize,
-    pub laundering_tried: usize,
-    pub median_replaced: Option<f64>,
+    pub launderers: Vec<Launderer>,
     pub rows: Vec<TiltRow>,
-    /// The tilt with the shortest median time to flag.
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Launderer {
+    pub drafts: String,
+    pub tried: usize,
+    pub rejected_alone: usize,
+    pub median_replaced: Option<f64>,
+    /// The tilt with the shortest median time to flag this miner.
     pub best_tilt: Option<f64>,
 }
 
@@ -79,56 +87,32 @@ fn mean(values: &[f64]) -> Option<f64> {
 
 pub fn summarise(
     honest: &[HonestRecord],
-    laundered: &[LaunderedRecord],
+    launderers: &[(&str, Vec<LaunderedRecord>)],
     chain: &MinerTestParams,
     honest_tokens: usize,
 ) -> Summary {
     let threshold = chain.threshold();
     let mut rows = Vec::new();
-    for (i, &tilt) in TILTS.iter().enumerate() {
-        let params = MinerTestParams { tilt, ..chain.clone() };
-        let honest_evidence: Vec<f64> = honest.iter().filter_map(|r| r.evidence.get(i).copied()).collect();
-        let miners: Vec<&[f64]> = honest_evidence.chunks(HONEST_MINER_ARTIFACTS).collect();
-        let paths: Vec<Vec<f64>> = miners.iter().map(|m| path(m, &params)).collect();
-        let flagged = |path: &[f64]| path.iter().filter(|&&s| s >= threshold).count();
-        let one_miner = path(&honest_evidence, &params);
-        let launder: Vec<f64> = laundered.iter().filter_map(|r| r.evidence.get(i).copied()).collect();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let delays: Vec<Option<usize>> = (0..if launder.is_empty() { 0 } else { ORDERINGS })
-            .map(|_| {
-                let mut order = launder.clone();
-                order.shuffle(&mut rng);
-                path(&order, &params).iter().position(|&s| s >= threshold).map(|p| p + 1)
-            })
-            .collect();
-        let fraction = |hit: &dyn Fn(&Option<usize>) -> bool| {
-            (!delays.is_empty()).then(|| delays.iter().filter(|d| hit(d)).count() as f64 / delays.len() as f64)
-        };
-        // Unflagged orders count as longer than any flagged one.
-        let sorted: Vec<f64> = delays.iter().map(|d| d.map_or(f64::INFINITY, |d| d as f64)).collect();
-        let finite_quantile = |q: f64| quantile(&sorted, q).filter(|v| v.is_finite());
-        rows.push(TiltRow {
-            tilt,
-            honest_miners: miners.len(),
-            honest_looks: honest_evidence.len(),
-            honest_flagged_looks: paths.iter().map(|p| flagged(p)).sum(),
-            one_miner_flagged_looks: flagged(&one_miner),
-            honest_peak: paths.iter().flatten().copied().fold(0.0, f64::max),
-            laundering_admitted: launder.len(),
-            flagged_within_goal: fraction(&|d| d.is_some_and(|d| d <= GOAL_ARTIFACTS)),
-            flagged_at_all: fraction(&|d| d.is_some()),
-            median_to_flag: finite_quantile(0.5),
-            p90_to_flag: finite_quantile(0.9),
-            mean_evidence_honest: mean(&honest_evidence),
-            mean_evidence_laundering: mean(&launder),
+    let mut summaries = Vec::new();
+    for (drafts, laundered) in launderers {
+        let first = rows.len();
+        for (i, &tilt) in TILTS.iter().enumerate() {
+            rows.push(tilt_row(honest, laundered, drafts, i, tilt, chain));
+        }
+        let best_tilt = rows[first..]
+            .iter()
+            .filter_map(|r| r.median_to_flag.map(|m| (m, r.tilt)))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, tilt)| tilt);
+        let replaced: Vec<f64> = laundered.iter().map(|r| r.replaced as f64).collect();
+        summaries.push(Launderer {
+            drafts: short_name(drafts).to_string(),
+            tried: laundered.len(),
+            rejected_alone: laundered.iter().filter(|r| r.rejected_by.is_some()).count(),
+            median_replaced: quantile(&replaced, 0.5),
+            best_tilt,
         });
     }
-    let best_tilt = rows
-        .iter()
-        .filter_map(|r| r.median_to_flag.map(|m| (m, r.tilt)))
-        .min_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, tilt)| tilt);
-    let replaced: Vec<f64> = laundered.iter().map(|r| r.replaced as f64).collect();
     Summary {
         chain_tilt: chain.tilt,
         false_alarm_rate: chain.false_alarm_rate,
@@ -137,31 +121,83 @@ pub fn summarise(
         goal_artifacts: GOAL_ARTIFACTS,
         orderings: ORDERINGS,
         honest_tokens,
-        laundering_rejected_alone: laundered.iter().filter(|r| r.rejected_by.is_some()).count(),
-        laundering_tried: laundered.len(),
-        median_replaced: quantile(&replaced, 0.5),
+        launderers: summaries,
         rows,
-        best_tilt,
     }
 }
 
-/// Curves for the plot at the chain's tilt: a few honest miners and a few
-/// orders of the laundering miner.
-pub fn curves(
+fn tilt_row(
     honest: &[HonestRecord],
     laundered: &[LaunderedRecord],
+    drafts: &str,
+    i: usize,
+    tilt: f64,
     chain: &MinerTestParams,
-) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
-    let Some(i) = TILTS.iter().position(|&t| t == chain.tilt) else { return (Vec::new(), Vec::new()) };
+) -> TiltRow {
+    let threshold = chain.threshold();
+    let params = MinerTestParams { tilt, ..chain.clone() };
     let honest_evidence: Vec<f64> = honest.iter().filter_map(|r| r.evidence.get(i).copied()).collect();
-    let honest_paths = honest_evidence.chunks(HONEST_MINER_ARTIFACTS).take(8).map(|m| path(m, chain)).collect();
+    let miners: Vec<&[f64]> = honest_evidence.chunks(HONEST_MINER_ARTIFACTS).collect();
+    let paths: Vec<Vec<f64>> = miners.iter().map(|m| path(m, &params)).collect();
+    let flagged = |path: &[f64]| path.iter().filter(|&&s| s >= threshold).count();
+    let one_miner = path(&honest_evidence, &params);
     let launder: Vec<f64> = laundered.iter().filter_map(|r| r.evidence.get(i).copied()).collect();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let launder_paths = (0..if launder.is_empty() { 0 } else { 8 })
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let delays: Vec<Option<usize>> = (0..if launder.is_empty() { 0 } else { ORDERINGS })
         .map(|_| {
             let mut order = launder.clone();
             order.shuffle(&mut rng);
-            path(&order, chain)
+            path(&order, &params).iter().position(|&s| s >= threshold).map(|p| p + 1)
+        })
+        .collect();
+    let fraction = |hit: &dyn Fn(&Option<usize>) -> bool| {
+        (!delays.is_empty()).then(|| delays.iter().filter(|d| hit(d)).count() as f64 / delays.len() as f64)
+    };
+    // Unflagged orders count as longer than any flagged one.
+    let sorted: Vec<f64> = delays.iter().map(|d| d.map_or(f64::INFINITY, |d| d as f64)).collect();
+    let finite_quantile = |q: f64| quantile(&sorted, q).filter(|v| v.is_finite());
+    TiltRow {
+        launderer: short_name(drafts).to_string(),
+        tilt,
+        honest_miners: miners.len(),
+        honest_looks: honest_evidence.len(),
+        honest_flagged_looks: paths.iter().map(|p| flagged(p)).sum(),
+        one_miner_flagged_looks: flagged(&one_miner),
+        honest_peak: paths.iter().flatten().copied().fold(0.0, f64::max),
+        laundering_admitted: launder.len(),
+        flagged_within_goal: fraction(&|d| d.is_some_and(|d| d <= GOAL_ARTIFACTS)),
+        flagged_at_all: fraction(&|d| d.is_some()),
+        median_to_flag: finite_quantile(0.5),
+        p90_to_flag: finite_quantile(0.9),
+        mean_evidence_honest: mean(&honest_evidence),
+        mean_evidence_laundering: mean(&launder),
+    }
+}
+
+type Paths = Vec<Vec<f64>>;
+
+/// Curves for the plot at the chain's tilt: a few honest miners, and a few
+/// orders of each laundering miner.
+pub fn curves(
+    honest: &[HonestRecord],
+    launderers: &[(&str, Vec<LaunderedRecord>)],
+    chain: &MinerTestParams,
+) -> (Paths, Vec<Paths>) {
+    let Some(i) = TILTS.iter().position(|&t| t == chain.tilt) else { return (Vec::new(), Vec::new()) };
+    let honest_evidence: Vec<f64> = honest.iter().filter_map(|r| r.evidence.get(i).copied()).collect();
+    let honest_paths = honest_evidence.chunks(HONEST_MINER_ARTIFACTS).take(8).map(|m| path(m, chain)).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let launder_paths = launderers
+        .iter()
+        .map(|(_, laundered)| {
+            let launder: Vec<f64> = laundered.iter().filter_map(|r| r.evidence.get(i).copied()).collect();
+            (0..if launder.is_empty() { 0 } else { 4 })
+                .map(|_| {
+                    let mut order = launder.clone();
+                    order.shuffle(&mut rng);
+                    path(&order, chain)
+                })
+                .collect()
         })
         .collect();
     (honest_paths, launder_paths)
