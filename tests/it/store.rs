@@ -6,7 +6,7 @@ use poi_verifier::simulate as common;
 
 use common::Chooser;
 use poi_artifact::{Artifact, ArtifactId, Keypair, Verdict, Vote, VoteBody, SELECT_DOMAIN};
-use poi_chain_spec::{devnet_keypair, ChainSpec};
+use poi_chain_spec::{devnet_keypair, ChainSpec, MinerTestParams};
 use std::sync::Arc;
 
 use poi_node::metrics::Metrics;
@@ -181,4 +181,42 @@ fn the_log_pages_through_everything_stored_in_order_and_survives_a_restart() {
     // Numbering continues after a restart.
     put(&store, &artifact(20), 200);
     assert_eq!(store.log_page(rest.next, 100, usize::MAX).unwrap().entries.len(), 1);
+}
+
+/// The per-miner test reads at most the window's newest entries, in the
+/// artifacts' creation order whatever order they arrived in, and its index
+/// survives a restart.
+#[test]
+fn the_miner_test_reads_the_newest_window_in_creation_order_and_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ChainSpec::devnet();
+    let window = MinerTestParams { window: 3, ..spec.miner_test.clone() };
+    let miner = common::miner().public();
+    // Evidence 1, 2, … by creation time, stored newest first.
+    let evidence = [1.0, -5.0, 2.0, 0.5, 4.0];
+    {
+        let store = Store::open(dir.path(), ChainSpec::devnet()).unwrap();
+        for (i, value) in evidence.iter().enumerate().rev() {
+            let artifact = common::build_at(&spec, 8, i as u64, Chooser::HonestUnseeded, 1_000 + i as u64).artifact;
+            let id = artifact.id();
+            let outcome = verdict(&spec, &id, SeedingClass::Unseeded, &[]);
+            let record = VerdictRecord::new(&id, &miner, SeedingClass::Unseeded, &outcome, &[], 7, 7)
+                .with_evidence(Some(*value));
+            assert!(store.put_artifact(&artifact, &record).unwrap());
+        }
+        // A requester-bound artifact carries no evidence and is not read.
+        assert!(put(&store, &artifact(99), 8));
+    }
+    let store = Store::open(dir.path(), ChainSpec::devnet()).unwrap();
+    let test = store.miner_test(&miner, &window).unwrap();
+    assert_eq!(test.artifacts, 3);
+    // The CUSUM over 2.0, 0.5, 4.0 (the three newest, oldest first).
+    assert_eq!(test.statistic, 6.5);
+    let all = MinerTestParams { window: 10, ..spec.miner_test.clone() };
+    let test = store.miner_test(&miner, &all).unwrap();
+    assert_eq!(test.artifacts, 5);
+    assert_eq!(test.statistic, 6.5, "the floor after -5.0 forgets the first artifact");
+    assert_eq!(test.peak, 6.5);
+    let other = Keypair::from_secret([3; 32]).public();
+    assert_eq!(store.miner_test(&other, &all).unwrap().artifacts, 0);
 }
