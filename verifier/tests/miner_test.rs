@@ -76,9 +76,15 @@ fn honest_miners_are_flagged_no_more_often_than_the_stated_rate() {
     }
 }
 
-/// The first artifact (1-based) at which the test flags a miner whose
-/// artifacts come from `chooser`, after `prefix` artifacts from `banking`.
-fn flagged_after(params: &MinerTestParams, banking: usize, chooser: fn() -> Chooser, sum_from_start: bool) -> u64 {
+/// The laundered artifact (1-based) at which the test flags a miner whose
+/// artifacts come from `chooser`, after `banking` artifacts of its most
+/// likely tokens; `None` if 2000 laundered artifacts do not suffice.
+fn flagged_after(
+    params: &MinerTestParams,
+    banking: usize,
+    chooser: fn() -> Chooser,
+    sum_from_start: bool,
+) -> Option<u64> {
     let spec = ChainSpec::devnet();
     let mut checker = ReplayChecker::new(spec.clone()).with_evidence_tilt(params.tilt);
     let mut test = MinerTest::default();
@@ -96,10 +102,10 @@ fn flagged_after(params: &MinerTestParams, banking: usize, chooser: fn() -> Choo
         total += value;
         let flagged = if sum_from_start { total >= params.threshold() } else { test.flagged(params) };
         if flagged {
-            return laundered;
+            return Some(laundered);
         }
     }
-    panic!("not flagged after 2000 artifacts");
+    None
 }
 
 #[test]
@@ -111,7 +117,7 @@ fn a_laundering_miner_inside_the_kept_set_is_flagged() {
     let launder = || Chooser::OtherModelInKept(1.0);
     let passed = (0..200u64).filter(|&s| evidence(&spec, &mut checker, 90_000 + s, launder()).is_some()).count();
     assert!(passed >= 180, "the surprisal test alone caught {} of 200", 200 - passed);
-    let after = flagged_after(&params, 0, launder, false);
+    let after = flagged_after(&params, 0, launder, false).expect("flagged");
     eprintln!("laundering miner flagged after {after} admitted artifacts of {POSITIONS} positions");
     assert!(after <= 40, "flagged after {after}");
 }
@@ -120,13 +126,13 @@ fn a_laundering_miner_inside_the_kept_set_is_flagged() {
 fn credit_banked_with_likely_tokens_does_not_hide_later_laundering() {
     let params = ChainSpec::devnet().miner_test;
     let launder = || Chooser::OtherModelInKept(1.0);
-    let fresh = flagged_after(&params, 0, launder, false);
+    let fresh = flagged_after(&params, 0, launder, false).expect("flagged");
     let banked = flagged_after(&params, 200, launder, false);
     // The attack works on a test that sums evidence from the first artifact.
     let banked_sum = flagged_after(&params, 200, launder, true);
-    eprintln!("flagged after {fresh} fresh, {banked} after banking; a plain sum after {banked_sum}");
-    assert_eq!(banked, fresh, "the CUSUM's floor discards banked credit");
-    assert!(banked_sum > 3 * fresh, "banking should delay a plain sum: {banked_sum} vs {fresh}");
+    eprintln!("flagged after {fresh} fresh, {banked:?} after banking; a plain sum after {banked_sum:?}");
+    assert_eq!(banked, Some(fresh), "the CUSUM's floor discards banked credit");
+    assert!(banked_sum.is_none_or(|n| n > 3 * fresh), "banking should delay a plain sum: {banked_sum:?} vs {fresh}");
 }
 
 #[test]

@@ -148,14 +148,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
 
-    // The longest stage last: an interrupted run has everything else.
     let llama_cpp = llama_cpp::LlamaCpp::spawn(&model_path, spec.model.vocab_size as usize)?;
     if llama_cpp.is_none() {
         eprintln!("llama-cpp-python is not installed: the llama.cpp miner's row is left out");
     }
     let mut attacks = redteam::run(&engine, &spec, &prompts, if args.quick { 1 } else { 4 }, llama_cpp)?;
     let sampled = Decoding::Sampled.spec(&spec);
+    // The near launderer, then the honest population (the false-positive
+    // figure), then the far launderer, which costs the most per artifact.
     let mut laundered = Vec::new();
+    let mut population = Vec::new();
     for drafts in LAUNDERING_DRAFTS {
         let records = population::laundering_population(
             &engine,
@@ -167,8 +169,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )?;
         attacks.extend(records.iter().map(|r| redteam::laundered_record(drafts, r)));
         laundered.push((drafts, records));
+        if population.is_empty() {
+            population =
+                population::honest_population(&engine, &sampled, &every_prompt, honest_artifacts, honest_tokens)?;
+        }
     }
-    let population = population::honest_population(&engine, &sampled, &every_prompt, honest_artifacts, honest_tokens)?;
 
     let chain = &spec.thresholds;
     let recommended = Recommended::derive(&data, chain, args.fpr_target);
