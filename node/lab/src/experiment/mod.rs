@@ -51,6 +51,10 @@ pub struct Args {
     /// lets a run resume on another machine [default: in the cache].
     #[arg(long, value_name = "DIR")]
     records: Option<PathBuf>,
+    /// Write the report from the check records alone, computing nothing
+    /// that is missing (what a run has so far; the report gives each n).
+    #[arg(long)]
+    from_records: bool,
     /// Honest artifacts in the false-positive population: every prompt
     /// asked again with new seeds, each artifact fully checked.
     #[arg(long, value_name = "N", default_value_t = 3000)]
@@ -136,7 +140,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         cache.display(),
         args.out.display()
     );
-    let engine = run::Engine::new(spec.clone(), cache, records, max_tokens, runtimes);
+    let engine = run::Engine::new(spec.clone(), cache, records, max_tokens, runtimes, !args.from_records);
     let mut data = Vec::new();
     for decoding in Decoding::ALL {
         for run in RUNS.iter().filter(|r| r.applies_to(decoding)) {
@@ -148,8 +152,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let llama_cpp = llama_cpp::LlamaCpp::spawn(&model_path, spec.model.vocab_size as usize)?;
-    if llama_cpp.is_none() {
+    let llama_cpp = match args.from_records {
+        true => None,
+        false => llama_cpp::LlamaCpp::spawn(&model_path, spec.model.vocab_size as usize)?,
+    };
+    if llama_cpp.is_none() && !args.from_records {
         eprintln!("llama-cpp-python is not installed: the llama.cpp miner's row is left out");
     }
     let mut attacks = redteam::run(&engine, &spec, &prompts, if args.quick { 1 } else { 4 }, llama_cpp)?;
@@ -179,7 +186,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let recommended = Recommended::derive(&data, chain, args.fpr_target);
     let pairs = report::pair_rows(&data, chain, &recommended);
     let prefixes = report::prefix_rows(&data, chain.max_surprisal_z);
-    let honest_checks = population::HonestSummary::new(&population, honest_tokens);
+    let honest_checks = population::HonestSummary::new(&population, honest_artifacts, honest_tokens);
     let red_team = redteam::rows(&attacks);
     let miner_test = sequential::summarise(&population, &laundered, &spec.miner_test, honest_tokens);
     let goals = report::goals(&pairs, &prefixes, &honest_checks, &red_team, &miner_test);

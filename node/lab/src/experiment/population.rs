@@ -58,7 +58,7 @@ pub fn honest_population(
         .map(|j| (format!("{}/{}", prompts[j % prompts.len()].id, j / prompts.len()), &prompts[j % prompts.len()]))
         .collect();
     let todo: Vec<&(String, &Prompt)> = wanted.iter().filter(|(id, _)| !done.contains(id)).collect();
-    if !todo.is_empty() {
+    if !todo.is_empty() && engine.computes() {
         let mut out = append_to(&path)?;
         let bar = engine.progress_bar(todo.len(), format!("honest population ({max_tokens} tokens)"));
         let mut checker = ReplayChecker::new(spec.clone());
@@ -124,6 +124,8 @@ fn check_one(
 /// The honest false-positive figures of the population.
 #[derive(Clone, Debug, Serialize)]
 pub struct HonestSummary {
+    /// The configured population, and the checks done so far.
+    pub target: usize,
     pub checks: usize,
     pub positions: usize,
     pub tokens: usize,
@@ -139,9 +141,10 @@ pub struct HonestSummary {
 }
 
 impl HonestSummary {
-    pub fn new(records: &[HonestRecord], tokens: usize) -> Self {
+    pub fn new(records: &[HonestRecord], target: usize, tokens: usize) -> Self {
         let rejected = records.iter().filter(|r| !(r.full_check_accepted && r.replay_accepted)).count();
         Self {
+            target,
             checks: records.len(),
             positions: records.iter().map(|r| r.tokens).sum(),
             tokens,
@@ -188,7 +191,7 @@ pub fn laundering_population(
         .map(|j| (format!("{}/{}", prompts[j % prompts.len()].id, j / prompts.len()), &prompts[j % prompts.len()]))
         .collect();
     let todo: Vec<&(String, &Prompt)> = wanted.iter().filter(|(id, _)| !done.contains(id)).collect();
-    if !todo.is_empty() {
+    if !todo.is_empty() && engine.computes() {
         let mut out = append_to(&path)?;
         let bar = engine.progress_bar(todo.len(), format!("laundering miner ({cheap})"));
         let mut checker = ReplayChecker::new(spec.clone());

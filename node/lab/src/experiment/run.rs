@@ -80,6 +80,8 @@ pub struct Engine {
     cache: PathBuf,
     /// Check results (JSON lines), which a report needs and nothing else.
     records: PathBuf,
+    /// False: report from the records alone, computing nothing missing.
+    compute: bool,
     max_tokens: usize,
     miner: Keypair,
     /// By numerics profile id; every profile loads the same pinned file.
@@ -94,9 +96,15 @@ impl Engine {
         records: PathBuf,
         max_tokens: usize,
         runtimes: HashMap<String, Runtime>,
+        compute: bool,
     ) -> Self {
         let miner = Keypair::from_secret(Sha256::digest(b"poi/experiment/miner").into());
-        Self { base, cache, records, max_tokens, miner, runtimes, progress: MultiProgress::new() }
+        Self { base, cache, records, compute, max_tokens, miner, runtimes, progress: MultiProgress::new() }
+    }
+
+    /// Whether missing results are computed (or only the records reported).
+    pub fn computes(&self) -> bool {
+        self.compute
     }
 
     pub fn miner(&self) -> &Keypair {
@@ -136,7 +144,7 @@ impl Engine {
         let mut records: HashMap<String, RunRecord> =
             read_lines(&path)?.into_iter().map(|r: RunRecord| (r.id.clone(), r)).collect();
         let todo: Vec<&Prompt> = prompts.iter().filter(|p| !records.contains_key(&p.id)).collect();
-        if !todo.is_empty() {
+        if !todo.is_empty() && self.compute {
             let mut out = append_to(&path)?;
             let bar = self.progress_bar(todo.len(), format!("{} {}", decoding.name(), run.key()));
             let pool = rayon::ThreadPoolBuilder::new()

@@ -168,6 +168,9 @@ pub fn run(
 ) -> anyhow::Result<Vec<AttackRecord>> {
     let path = engine.records_dir().join("redteam.jsonl");
     let mut records: Vec<AttackRecord> = read_lines(&path)?;
+    if !engine.computes() {
+        return Ok(records);
+    }
     let done: HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
     let spec = Decoding::Sampled.spec(base);
     let mut judge = Judge { engine, checker: ReplayChecker::new(spec.clone()), spec, miner: engine.miner() };
