@@ -15,6 +15,7 @@ use poi_node::service::{start, NodeHandle};
 use poi_rpc_api::{PoiApiClient, Status, SubmitResult};
 use poi_tests::Outsider;
 use poi_verifier::simulate::{body_with, build, miner, Chooser};
+use poi_verifier::verdict::committee;
 
 struct Judge {
     honest_miner: PublicKey,
@@ -109,13 +110,23 @@ async fn equivocating_and_unproven_votes_over_gossip_count_for_nothing() {
     for i in 0..3 {
         nodes.push(start(poi_tests::node_config(&spec, i, dir.path(), &nodes)).await.unwrap());
     }
-    let built = build(&spec, 16, 4242, Chooser::Seeded);
+    let byzantine = devnet_keypair(3);
+    // A dispute-committee seat lets a vote count whatever its selection
+    // proof, so the honest validator whose proof is for another artifact
+    // must be one without a seat on this artifact's committee.
+    let (built, honest) = (4242..)
+        .find_map(|seed| {
+            let built = build(&spec, 16, seed, Chooser::Seeded);
+            let seats = committee(&spec, &built.artifact.id());
+            let outside = (0..3).map(devnet_keypair).find(|k| !seats.contains(&k.public()))?;
+            Some((built, outside))
+        })
+        .unwrap();
     let id = built.artifact.id();
     let client = poi_tests::client(&nodes[0]);
     let _: SubmitResult = client.submit_artifact(hex::encode(&built.bytes)).await.unwrap();
 
     let evil = Outsider::join(&spec, &nodes[0]).await;
-    let (byzantine, honest) = (devnet_keypair(3), devnet_keypair(2));
     let elsewhere = poi_artifact::sha256(b"another artifact");
     for vote in [
         vote(&spec, &byzantine, &id, &id, Verdict::Accept),
