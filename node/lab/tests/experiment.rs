@@ -90,7 +90,10 @@ fn quick_matrix_writes_the_report_separates_honest_from_fraud_and_resumes_from_c
     let report = std::fs::read_to_string(out_dir.join("RESULTS.md")).unwrap();
     let png = std::fs::read(out_dir.join(results["miner_test_plot"].as_str().unwrap())).unwrap();
     assert!(png.starts_with(b"\x89PNG"));
-    assert!(report.contains("| steer lists to q4_0's tokens | requester-bound | 4 | 4 | 4 | 0 |"), "{report}");
+    assert!(
+        report.contains("| steer lists to q4_0's tokens | requester-bound | 4 | 4 | 4 | 0 | `full check: Omitted` 4 |"),
+        "{report}"
+    );
     for (key, file) in results["plots"].as_object().unwrap() {
         let png = std::fs::read(out_dir.join(file.as_str().unwrap())).unwrap();
         assert!(png.starts_with(b"\x89PNG"), "{key} is not a PNG");

@@ -54,6 +54,9 @@ pub struct AttackRow {
     pub rejected: usize,
     pub changed_accepted: usize,
     pub by_rule: BTreeMap<String, usize>,
+    /// The first instance's note (how far grinding got, an engine's
+    /// `distance2`), as an example.
+    pub example: Option<String>,
 }
 
 pub fn rows(records: &[AttackRecord]) -> Vec<AttackRow> {
@@ -71,6 +74,7 @@ pub fn rows(records: &[AttackRecord]) -> Vec<AttackRow> {
                     rejected: 0,
                     changed_accepted: 0,
                     by_rule: BTreeMap::new(),
+                    example: r.note.clone(),
                 });
                 rows.last_mut().expect("just pushed")
             }
