@@ -404,11 +404,15 @@ pub struct Findings {
     /// Every pre-fill artifact the unseeded check rejected had a token
     /// outside the kept set, so the z threshold decided none.
     pub prefill_rejected_by_kept_set_alone: bool,
-    /// The surprisal test at N = 128 passes more than 1 % of the adaptive
-    /// attacker's artifacts.
+    /// The longest prefix the adaptive attacker was tested at (128 when the
+    /// run has that many tokens).
+    pub adaptive_n: Option<usize>,
+    /// The largest honest z at that length.
+    pub honest_max_z_at_adaptive_n: Option<f64>,
+    /// The surprisal test at that length passes more than 1 % of the
+    /// adaptive attacker's artifacts.
     pub adaptive_evades_surprisal: bool,
-    /// The adaptive attacker's median z at N = 128 is within the largest
-    /// honest z there.
+    /// The adaptive attacker's median z there is within the largest honest z.
     pub adaptive_median_within_honest: bool,
 }
 
@@ -416,9 +420,12 @@ impl Findings {
     pub fn new(rows: &[PairRow], prefixes: &[PrefixRow], recommended: &Recommended) -> Self {
         let fraud = rows.iter().filter(|r| matches!(r.class, Class::NumericsSwap | Class::CheaperModel));
         let prefill = prefixes.iter().filter(|p| p.class == Class::Prefill && p.surprisal_rejected.is_some());
-        let adaptive = || prefixes.iter().filter(|p| p.class == Class::AdaptivePrefill && p.n == 128);
-        let honest_max_z = recommended.honest_max_z.iter().find(|(n, _)| *n == 128).and_then(|(_, z)| *z);
+        let adaptive_n = prefixes.iter().filter(|p| p.class == Class::AdaptivePrefill).map(|p| p.n).max();
+        let adaptive = || prefixes.iter().filter(|p| p.class == Class::AdaptivePrefill && Some(p.n) == adaptive_n);
+        let honest_max_z = recommended.honest_max_z.iter().find(|(n, _)| Some(*n) == adaptive_n).and_then(|(_, z)| *z);
         Self {
+            adaptive_n,
+            honest_max_z_at_adaptive_n: honest_max_z,
             fraud_separated: fraud.clone().count() > 0 && fraud.into_iter().all(|r| r.auc_distance2 == Some(1.0)),
             prefill_rejected_by_kept_set_alone: prefill.clone().count() > 0
                 && prefill.into_iter().all(|p| p.surprisal_rejected == p.outside_kept_set),
