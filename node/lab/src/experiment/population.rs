@@ -11,10 +11,12 @@ use poi_model::chat::Message;
 use poi_model::generate::{generate, teacher_forced_top_k, Draws, StopRules};
 use poi_verifier::full_check::compare;
 use poi_verifier::replay::ReplayChecker;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::io::Write;
+use std::path::Path;
 
 use rand::{RngCore, SeedableRng};
 
@@ -52,19 +54,48 @@ pub fn honest_population(
     max_tokens: usize,
 ) -> anyhow::Result<Vec<HonestRecord>> {
     let path = engine.records_dir().join("population").join(format!("honest-{max_tokens}.jsonl"));
-    let mut records: Vec<HonestRecord> = read_lines(&path)?;
-    let done: HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
-    let wanted: Vec<(String, &Prompt)> = (0..count)
-        .map(|j| (format!("{}/{}", prompts[j % prompts.len()].id, j / prompts.len()), &prompts[j % prompts.len()]))
-        .collect();
+    let label = format!("honest population ({max_tokens} tokens)");
+    let mut checker = ReplayChecker::new(spec.clone());
+    resumed(
+        engine,
+        &path,
+        label,
+        round_robin(prompts, count),
+        |r: &HonestRecord| &r.id,
+        |id, prompt| check_one(engine, spec, &mut checker, id, prompt, max_tokens),
+    )
+}
+
+/// `count` requests over `prompts` in turn, each with its id
+/// `<prompt id>/<round>`.
+fn round_robin(prompts: &[Prompt], count: usize) -> Vec<(String, &Prompt)> {
+    (0..count)
+        .map(|j| {
+            let prompt = &prompts[j % prompts.len()];
+            (format!("{}/{}", prompt.id, j / prompts.len()), prompt)
+        })
+        .collect()
+}
+
+/// The records of `wanted` from the JSON-lines file at `path`, computing
+/// (with `make`) and appending the missing ones unless the engine only
+/// reports.
+fn resumed<T: Serialize + DeserializeOwned>(
+    engine: &Engine,
+    path: &Path,
+    label: String,
+    wanted: Vec<(String, &Prompt)>,
+    id_of: impl Fn(&T) -> &String,
+    mut make: impl FnMut(&str, &Prompt) -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<T>> {
+    let mut records: Vec<T> = read_lines(path)?;
+    let done: HashSet<String> = records.iter().map(|r| id_of(r).clone()).collect();
     let todo: Vec<&(String, &Prompt)> = wanted.iter().filter(|(id, _)| !done.contains(id)).collect();
     if !todo.is_empty() && engine.computes() {
-        let mut out = append_to(&path)?;
-        let bar = engine.progress_bar(todo.len(), format!("honest population ({max_tokens} tokens)"));
-        let mut checker = ReplayChecker::new(spec.clone());
+        let mut out = append_to(path)?;
+        let bar = engine.progress_bar(todo.len(), label.clone());
         for (id, prompt) in todo {
-            let record = check_one(engine, spec, &mut checker, id, prompt, max_tokens)
-                .with_context(|| format!("honest population {id}"))?;
+            let record = make(id, prompt).with_context(|| format!("{label}: {id}"))?;
             writeln!(out, "{}", serde_json::to_string(&record)?)?;
             out.flush()?;
             records.push(record);
@@ -73,7 +104,7 @@ pub fn honest_population(
         bar.finish();
     }
     let wanted: HashSet<&String> = wanted.iter().map(|(id, _)| id).collect();
-    records.retain(|r| wanted.contains(&r.id));
+    records.retain(|r| wanted.contains(id_of(r)));
     Ok(records)
 }
 
@@ -185,29 +216,16 @@ pub fn laundering_population(
     cheap: &str,
 ) -> anyhow::Result<Vec<LaunderedRecord>> {
     let path = engine.records_dir().join("population").join(format!("laundered-{cheap}-{max_tokens}.jsonl"));
-    let mut records: Vec<LaunderedRecord> = read_lines(&path)?;
-    let done: HashSet<String> = records.iter().map(|r| r.id.clone()).collect();
-    let wanted: Vec<(String, &Prompt)> = (0..count)
-        .map(|j| (format!("{}/{}", prompts[j % prompts.len()].id, j / prompts.len()), &prompts[j % prompts.len()]))
-        .collect();
-    let todo: Vec<&(String, &Prompt)> = wanted.iter().filter(|(id, _)| !done.contains(id)).collect();
-    if !todo.is_empty() && engine.computes() {
-        let mut out = append_to(&path)?;
-        let bar = engine.progress_bar(todo.len(), format!("laundering miner ({cheap})"));
-        let mut checker = ReplayChecker::new(spec.clone());
-        for (id, prompt) in todo {
-            let record = launder_one(engine, spec, &mut checker, id, prompt, max_tokens, cheap)
-                .with_context(|| format!("laundering population {id}"))?;
-            writeln!(out, "{}", serde_json::to_string(&record)?)?;
-            out.flush()?;
-            records.push(record);
-            bar.inc(1);
-        }
-        bar.finish();
-    }
-    let wanted: HashSet<&String> = wanted.iter().map(|(id, _)| id).collect();
-    records.retain(|r| wanted.contains(&r.id));
-    Ok(records)
+    let label = format!("laundering miner ({cheap})");
+    let mut checker = ReplayChecker::new(spec.clone());
+    resumed(
+        engine,
+        &path,
+        label,
+        round_robin(prompts, count),
+        |r: &LaunderedRecord| &r.id,
+        |id, prompt| launder_one(engine, spec, &mut checker, id, prompt, max_tokens, cheap),
+    )
 }
 
 fn launder_one(
