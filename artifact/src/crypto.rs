@@ -14,7 +14,6 @@ use crate::error::SignatureError;
 pub const ARTIFACT_DOMAIN: &[u8] = b"poi/artifact/v1";
 pub const VOTE_DOMAIN: &[u8] = b"poi/vote/v1";
 pub const REQUEST_DOMAIN: &[u8] = b"poi/request/v1";
-pub const SELECT_DOMAIN: &[u8] = b"poi/select/v1";
 
 macro_rules! byte_newtype {
     ($(#[$meta:meta])* $name:ident, $len:expr) => {
@@ -97,6 +96,12 @@ impl Keypair {
 
     pub fn public(&self) -> PublicKey {
         PublicKey(self.0.verifying_key().to_bytes())
+    }
+
+    /// The VRF key of this node key (`poi keys show` prints its public half
+    /// for the chain spec).
+    pub fn vrf(&self) -> crate::vrf::VrfKeypair {
+        crate::vrf::VrfKeypair::from_node_secret(&self.secret())
     }
 
     pub fn sign(&self, domain: &[u8], id: &Hash32) -> Signature {

@@ -262,7 +262,7 @@ impl TryFrom<&VoteJson> for Vote {
             chain_id: parse_hex("chain_id", &json.chain_id, Hash32::from_hex)?,
             artifact_id: parse_hex("artifact_id", &json.artifact_id, Hash32::from_hex)?,
             validator: parse_hex("validator", &json.validator, PublicKey::from_hex)?,
-            selection_proof: parse_hex("selection_proof", &json.selection_proof, Signature::from_hex)?,
+            selection_proof: parse_hex("selection_proof", &json.selection_proof, crate::vrf::SelectionProof::from_hex)?,
             verdict: Verdict::parse(&json.verdict)
                 .ok_or_else(|| field_err("verdict", "expected accept, reject or inconclusive"))?,
             figures: VoteFigures {

@@ -1,5 +1,5 @@
 //! Wire types of poi (DESIGN §3): inference artifacts, votes and requests; their
-//! one canonical binary encoding; ids, domain-separated ed25519 signatures; JSON
+//! one canonical binary encoding; ids, domain-separated ed25519 signatures, the selection VRF; JSON
 //! views; and the import of OpenAI-compatible logprob responses.
 //!
 //! No networking, storage or model code belongs here.
@@ -14,6 +14,7 @@ mod packing;
 mod sampling;
 pub mod sync;
 mod vote;
+mod vrf;
 
 pub use artifact::{
     logged_half, run_seed, Artifact, ArtifactBody, Candidate, FinishReason, Generation, Position, Request,
@@ -22,7 +23,7 @@ pub use artifact::{
 pub use codec::MAX_WIRE_BYTES;
 pub use crypto::{
     sha256, ArtifactId, ChainId, Hash32, Keypair, PreparedKey, PublicKey, Signature, VoteId, ARTIFACT_DOMAIN,
-    REQUEST_DOMAIN, SELECT_DOMAIN, VOTE_DOMAIN,
+    REQUEST_DOMAIN, VOTE_DOMAIN,
 };
 pub use error::{DecodeError, JsonError, SignatureError};
 pub use half::f16;
@@ -30,6 +31,8 @@ pub use sampling::{candidate_order, penalise, History, SamplingParams};
 pub use vote::{
     Verdict, Vote, VoteBody, VoteFigures, MAX_PROFILE_ID_LEN, MAX_REASON_LEN, MAX_VOTE_BYTES, VOTE_VERSION,
 };
+
+pub use vrf::{SelectionOutput, SelectionProof, VrfKeypair, VrfPublicKey, SELECTION_PROOF_LEN, SELECT_DOMAIN};
 
 /// Canonical encoding for other crates' consensus objects (e.g. the chain spec),
 /// so that every hashed byte string comes from the one codec.

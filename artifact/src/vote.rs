@@ -5,9 +5,11 @@ use bincode::{Decode, Encode};
 use crate::codec;
 use crate::crypto::{sha256, ArtifactId, ChainId, Keypair, PublicKey, Signature, VoteId, VOTE_DOMAIN};
 use crate::error::{DecodeError, SignatureError};
+use crate::vrf::SelectionProof;
 
-/// 2: figures carry the reason for the verdict.
-pub const VOTE_VERSION: u8 = 2;
+/// 2: figures carry the reason for the verdict. 3: the selection proof is a
+/// VRF proof.
+pub const VOTE_VERSION: u8 = 3;
 pub const MAX_PROFILE_ID_LEN: usize = 64;
 /// Enough for "position 117: …" with both values; longer reasons are cut.
 pub const MAX_REASON_LEN: usize = 240;
@@ -73,9 +75,10 @@ pub struct VoteBody {
     pub chain_id: ChainId,
     pub artifact_id: ArtifactId,
     pub validator: PublicKey,
-    /// `sig_v("poi/select/v1" || artifact_id)`: proves the validator was
-    /// selected for the full check (DESIGN §6).
-    pub selection_proof: Signature,
+    /// The validator's VRF proof over `"poi/select/v1" || artifact_id`: its
+    /// output says whether the validator was selected for the full check
+    /// (DESIGN §6). Every vote carries one, selected or not.
+    pub selection_proof: SelectionProof,
     pub verdict: Verdict,
     pub figures: VoteFigures,
     pub created_at_ms: u64,

@@ -39,8 +39,8 @@ fn artifact_encoding_matches_golden_bytes() {
 fn vote_encoding_matches_golden_bytes() {
     let vote = sample_vote();
     let bytes = vote.encode();
-    assert_eq!(hex::encode(&bytes), golden("vote-v2.hex", &hex::encode(&bytes)), "canonical vote encoding changed");
-    assert_eq!(vote.id().to_hex(), golden("vote-v2.id", &vote.id().to_hex()));
+    assert_eq!(hex::encode(&bytes), golden("vote-v3.hex", &hex::encode(&bytes)), "canonical vote encoding changed");
+    assert_eq!(vote.id().to_hex(), golden("vote-v3.id", &vote.id().to_hex()));
     let decoded = Vote::decode(&bytes).unwrap();
     assert_eq!(decoded, vote);
     decoded.verify_signature().unwrap();

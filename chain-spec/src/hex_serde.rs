@@ -1,6 +1,6 @@
 //! Hex strings in JSON for fixed-size byte values.
 
-use poi_artifact::{Hash32, PublicKey};
+use poi_artifact::{Hash32, PublicKey, VrfPublicKey};
 use serde::{Deserialize, Deserializer, Serializer};
 
 pub trait HexBytes: Sized {
@@ -23,6 +23,15 @@ impl HexBytes for PublicKey {
     }
     fn parse_hex(text: &str) -> Result<Self, String> {
         PublicKey::from_hex(text)
+    }
+}
+
+impl HexBytes for VrfPublicKey {
+    fn to_hex_string(&self) -> String {
+        self.to_hex()
+    }
+    fn parse_hex(text: &str) -> Result<Self, String> {
+        VrfPublicKey::from_hex(text)
     }
 }
 

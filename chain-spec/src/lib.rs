@@ -1,6 +1,6 @@
 //! The chain spec (DESIGN §2, §5, §8): the model file's hash and architecture,
 //! the numerics profile, sampling parameters, k, thresholds, the full-check
-//! sample rate, the dispute committee size, limits and the validator set.
+//! sample rate, limits and the validator set (with each validator's VRF key).
 //!
 //! Loading is strict: unknown fields are refused and every value is range
 //! checked with an error naming the field. `chain_id` is the SHA-256 of the
@@ -11,7 +11,7 @@ mod hex_serde;
 mod validate;
 
 use bincode::Encode;
-use poi_artifact::{canonical_encode, sha256, ChainId, Hash32, PublicKey, SamplingParams};
+use poi_artifact::{canonical_encode, sha256, ChainId, Hash32, PublicKey, SamplingParams, VrfPublicKey};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -37,7 +37,6 @@ pub struct ChainSpec {
     pub miner_test: MinerTestParams,
     /// The fraction of artifacts each validator fully re-checks (DESIGN §6).
     pub full_check_rate: f64,
-    pub dispute_committee_size: u32,
     pub seeding: Seeding,
     pub limits: Limits,
     pub validators: Vec<Validator>,
@@ -193,9 +192,21 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Encode)]
 #[serde(deny_unknown_fields)]
 pub struct Validator {
+    /// Signs the validator's votes (ed25519).
     #[serde(with = "hex_serde")]
     pub public_key: PublicKey,
+    /// Proves its selections (`poi_artifact::VrfPublicKey`, derived from the
+    /// same key file: `poi keys show` prints both).
+    #[serde(with = "hex_serde")]
+    pub vrf_key: VrfPublicKey,
     pub weight: u64,
+}
+
+impl Validator {
+    /// The entry for the holder of `key`.
+    pub fn of(key: &poi_artifact::Keypair, weight: u64) -> Self {
+        Self { public_key: key.public(), vrf_key: key.vrf().public(), weight }
+    }
 }
 
 #[derive(Debug, Error)]
@@ -232,9 +243,7 @@ impl ChainSpec {
         let mut spec = Self::devnet();
         spec.name = format!("poi-devnet-{validators}");
         spec.full_check_rate = full_check_rate;
-        spec.dispute_committee_size = spec.dispute_committee_size.min(validators);
-        spec.validators =
-            (0..validators).map(|i| Validator { public_key: devnet_keypair(i).public(), weight: 1 }).collect();
+        spec.validators = (0..validators).map(|i| Validator::of(&devnet_keypair(i), 1)).collect();
         // Through the loader, so a generated spec passes the same validation.
         Self::from_json_str(&spec.to_json_string())
     }

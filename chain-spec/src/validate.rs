@@ -117,6 +117,7 @@ impl ChainSpec {
             fail("validators", "the validator set is empty")?;
         }
         let mut seen = HashSet::new();
+        let mut seen_vrf = HashSet::new();
         let mut total: u64 = 0;
         for (index, validator) in self.validators.iter().enumerate() {
             let field = format!("validators[{index}]");
@@ -125,6 +126,12 @@ impl ChainSpec {
             }
             if validator.public_key.verify_point().is_err() {
                 fail(&format!("{field}.public_key"), "not a valid ed25519 public key")?;
+            }
+            if !seen_vrf.insert(validator.vrf_key) {
+                fail(&format!("{field}.vrf_key"), "listed twice")?;
+            }
+            if validator.vrf_key.verify_point().is_err() {
+                fail(&format!("{field}.vrf_key"), "not a valid sr25519 (ristretto255) public key")?;
             }
             if validator.weight == 0 {
                 fail(&format!("{field}.weight"), "must be positive")?;
@@ -147,7 +154,6 @@ impl ChainSpec {
         if self.seeding.policy == SeedingPolicy::Required && self.seeding.requesters.is_empty() {
             fail("seeding.requesters", "policy \"required\" with no requester admits no artifact")?;
         }
-        in_range("dispute_committee_size", self.dispute_committee_size, 1, self.validators.len() as u32)?;
         Ok(())
     }
 }

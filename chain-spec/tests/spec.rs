@@ -31,6 +31,7 @@ fn devnet_validators_are_the_well_known_devnet_keys() {
     let spec = ChainSpec::devnet();
     for (index, validator) in spec.validators.iter().enumerate() {
         assert_eq!(validator.public_key, devnet_keypair(index as u32).public());
+        assert_eq!(validator.vrf_key, devnet_keypair(index as u32).vrf().public(), "derived from the same key");
     }
 }
 
@@ -53,6 +54,9 @@ fn chain_id_is_stable_and_changes_with_any_value() {
     assert_ne!(changed.chain_id(), spec.chain_id());
     let mut changed = spec.clone();
     changed.seeding.requesters.clear();
+    assert_ne!(changed.chain_id(), spec.chain_id());
+    let mut changed = spec.clone();
+    changed.validators[0].vrf_key = changed.validators[1].vrf_key;
     assert_ne!(changed.chain_id(), spec.chain_id());
     let mut changed = spec;
     changed.validators[0].weight = 2;
@@ -95,7 +99,7 @@ fn out_of_range_values_name_their_field() {
         ("/miner_test/window", json!(0), "miner_test.window"),
         ("/miner_test/window", json!(100_001), "miner_test.window"),
         ("/full_check_rate", json!(1.01), "full_check_rate"),
-        ("/dispute_committee_size", json!(5), "dispute_committee_size"),
+        ("/validators/2/vrf_key", json!("ff".repeat(32)), "validators[2].vrf_key"),
         ("/limits/max_artifact_bytes", json!(100), "limits.max_artifact_bytes"),
         ("/limits/max_generated_tokens", json!(0), "limits.max_generated_tokens"),
         ("/validators/1/weight", json!(0), "validators[1].weight"),
@@ -115,6 +119,9 @@ fn bad_keys_and_duplicates_are_refused() {
     let mut value = devnet_value();
     value["validators"][1]["public_key"] = value["validators"][0]["public_key"].clone();
     assert_eq!(field_of(load(&value).unwrap_err()), "validators[1].public_key");
+    let mut value = devnet_value();
+    value["validators"][3]["vrf_key"] = value["validators"][0]["vrf_key"].clone();
+    assert_eq!(field_of(load(&value).unwrap_err()), "validators[3].vrf_key");
 
     // The identity point: a small-order key that would accept forged signatures.
     let mut value = devnet_value();

@@ -130,7 +130,6 @@ pub struct NodeConfig {
     /// but never votes.
     pub checker: Option<Arc<dyn FullChecker>>,
     pub full_check_workers: usize,
-    pub full_check_queue: usize,
     pub validation_workers: usize,
     /// How often each connected peer is asked for what this node missed,
     /// and lost bootnodes are dialled again.
@@ -154,7 +153,6 @@ impl NodeConfig {
             metrics: settings.metrics,
             checker: None,
             full_check_workers: settings.full_check_workers,
-            full_check_queue: 64,
             validation_workers: 2,
             sync_interval: Duration::from_secs(5),
             admission: settings.admission(),

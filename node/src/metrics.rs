@@ -37,9 +37,16 @@ pub struct Metrics {
     pub votes_rejected: Family<SourceLabel, Counter>,
     /// Gossip messages dropped unchecked because the validation queue was full.
     pub gossip_dropped: Counter,
+    /// Votes past the bound of two per validator and artifact, dropped
+    /// before any signature work.
+    pub votes_over_limit: Counter,
+    /// Votes waiting for their artifact (bounded: `pipeline::PENDING_VOTES`).
+    pub votes_pending: Gauge,
+    /// Votes for an unknown artifact refused because their validator's share
+    /// of the waiting buffer was full.
+    pub votes_pending_refused: Counter,
     pub full_checks: Family<OutcomeLabel, Counter>,
-    /// Selected artifacts left unchecked because the model queue was full.
-    pub full_checks_skipped: Counter,
+    /// Full checks this validator owes (durable; disputes and selections).
     pub full_check_queue: Gauge,
     pub peers: Gauge,
     pub sync_entries: Counter,
@@ -57,8 +64,10 @@ impl Default for Metrics {
             votes_stored: Family::default(),
             votes_rejected: Family::default(),
             gossip_dropped: Counter::default(),
+            votes_over_limit: Counter::default(),
+            votes_pending: Gauge::default(),
+            votes_pending_refused: Counter::default(),
             full_checks: Family::default(),
-            full_checks_skipped: Counter::default(),
             full_check_queue: Gauge::default(),
             peers: Gauge::default(),
             sync_entries: Counter::default(),
@@ -98,11 +107,17 @@ impl Default for Metrics {
         );
         registry.register("full_checks", "Full checks run by this validator, by verdict", metrics.full_checks.clone());
         registry.register(
-            "full_checks_skipped",
-            "Selected artifacts not checked because the model queue was full",
-            metrics.full_checks_skipped.clone(),
+            "votes_over_limit",
+            "Votes ignored because their validator already has two on the artifact",
+            metrics.votes_over_limit.clone(),
         );
-        registry.register("full_check_queue", "Artifacts waiting for the model", metrics.full_check_queue.clone());
+        registry.register("votes_pending", "Votes waiting for their artifact", metrics.votes_pending.clone());
+        registry.register(
+            "votes_pending_refused",
+            "Votes for unknown artifacts refused because their validator's share of the buffer was full",
+            metrics.votes_pending_refused.clone(),
+        );
+        registry.register("full_check_queue", "Full checks this validator owes", metrics.full_check_queue.clone());
         registry.register("peers", "Connected peers", metrics.peers.clone());
         registry.register("sync_entries", "Objects received through catch-up sync", metrics.sync_entries.clone());
         registry.register(

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use poi_artifact::{Artifact, ArtifactId, Keypair, PublicKey, Verdict, Vote, VoteBody, VoteFigures, SELECT_DOMAIN};
+use poi_artifact::{Artifact, ArtifactId, Keypair, PublicKey, Verdict, Vote, VoteBody, VoteFigures};
 use poi_chain_spec::{devnet_keypair, ChainSpec};
 use poi_node::metrics::SourceLabel;
 use poi_node::network::Topic;
@@ -15,7 +15,6 @@ use poi_node::service::{start, NodeHandle};
 use poi_rpc_api::{PoiApiClient, Status, SubmitResult};
 use poi_tests::Outsider;
 use poi_verifier::simulate::{body_with, build, miner, Chooser};
-use poi_verifier::verdict::committee;
 
 struct Judge {
     honest_miner: PublicKey,
@@ -89,7 +88,7 @@ fn vote(spec: &ChainSpec, key: &Keypair, artifact: &ArtifactId, proof_over: &Art
         chain_id: spec.chain_id(),
         artifact_id: *artifact,
         validator: key.public(),
-        selection_proof: key.sign(SELECT_DOMAIN, proof_over),
+        selection_proof: key.vrf().prove(proof_over),
         verdict,
         figures: poi_tests::clean_figures(spec),
         created_at_ms: 1,
@@ -98,8 +97,8 @@ fn vote(spec: &ChainSpec, key: &Keypair, artifact: &ArtifactId, proof_over: &Art
 }
 
 /// Over gossip: a validator that votes both ways on one artifact is named
-/// as an equivocator and neither vote counts; a vote whose selection proof
-/// is for another artifact is refused at the edge.
+/// as an equivocator and neither vote counts; a vote whose VRF proof is for
+/// another artifact is refused at the edge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn equivocating_and_unproven_votes_over_gossip_count_for_nothing() {
     let spec = ChainSpec::local_devnet(4, 1.0).unwrap();
@@ -111,17 +110,7 @@ async fn equivocating_and_unproven_votes_over_gossip_count_for_nothing() {
         nodes.push(start(poi_tests::node_config(&spec, i, dir.path(), &nodes)).await.unwrap());
     }
     let byzantine = devnet_keypair(3);
-    // A dispute-committee seat lets a vote count whatever its selection
-    // proof, so the honest validator whose proof is for another artifact
-    // must be one without a seat on this artifact's committee.
-    let (built, honest) = (4242..)
-        .find_map(|seed| {
-            let built = build(&spec, 16, seed, Chooser::Seeded);
-            let seats = committee(&spec, &built.artifact.id());
-            let outside = (0..3).map(devnet_keypair).find(|k| !seats.contains(&k.public()))?;
-            Some((built, outside))
-        })
-        .unwrap();
+    let (built, honest) = (build(&spec, 16, 4242, Chooser::Seeded), devnet_keypair(0));
     let id = built.artifact.id();
     let client = poi_tests::client(&nodes[0]);
     let _: SubmitResult = client.submit_artifact(hex::encode(&built.bytes)).await.unwrap();
@@ -151,6 +140,72 @@ async fn equivocating_and_unproven_votes_over_gossip_count_for_nothing() {
         assert_eq!(verdict.status, Status::AcceptedReplayOnly);
     }
     assert_eq!(refused(), 1, "the vote with another artifact's selection proof");
+    drop(evil);
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// The vote-flood attack over gossip: a validator's key in a misbehaving
+/// peer's hands sends 1000 different votes on one artifact and 1000 on ids
+/// that do not exist. Every node keeps two of the first kind (the first and
+/// the proof of equivocation); the first node drops the rest unchecked and
+/// unforwarded, so the others never see them; an honest artifact submitted
+/// after the flood still gets its votes and verdict everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vote_flood_keeps_two_votes_per_validator_and_honest_verdicts_flow() {
+    const FLOOD: u64 = 1000;
+    let spec = ChainSpec::local_devnet(4, 1.0).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<NodeHandle> = Vec::new();
+    for i in 0..3 {
+        let mut config = poi_tests::node_config(&spec, i, dir.path(), &nodes);
+        config.checker = Some(std::sync::Arc::new(Judge { honest_miner: miner().public(), lies: false }));
+        nodes.push(start(config).await.unwrap());
+    }
+    let flooded = build(&spec, 16, 5150, Chooser::Seeded);
+    let client = poi_tests::client(&nodes[0]);
+    let _: SubmitResult = client.submit_artifact(hex::encode(&flooded.bytes)).await.unwrap();
+    let id = flooded.artifact.id();
+    let byzantine = devnet_keypair(3);
+    let template = vote(&spec, &byzantine, &id, &id, Verdict::Accept);
+    let evil = Outsider::join(&spec, &nodes[0]).await;
+    for at in 0..FLOOD {
+        let mut body = template.body.clone();
+        body.created_at_ms = at;
+        body.verdict = if at % 2 == 0 { Verdict::Accept } else { Verdict::Reject };
+        evil.publish(Topic::Votes, body.sign(&byzantine).encode());
+    }
+    for i in 0..FLOOD {
+        let nowhere = poi_artifact::sha256(&i.to_le_bytes());
+        evil.publish(Topic::Votes, vote(&spec, &byzantine, &nowhere, &nowhere, Verdict::Reject).encode());
+    }
+    evil.flush().await;
+
+    let honest = build(&spec, 16, 5151, Chooser::Seeded);
+    let _: SubmitResult = client.submit_artifact(hex::encode(&honest.bytes)).await.unwrap();
+    let over = |n: &NodeHandle| n.metrics.votes_over_limit.get();
+    let done = |n: &NodeHandle| {
+        let voted = n.pipeline.store().verdict(&honest.artifact.id()).unwrap().is_some_and(|v| v.voters.len() == 3);
+        voted && n.pipeline.store().votes_by(&id, &byzantine.public()).unwrap().len() == 2
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !(nodes.iter().all(done) && over(&nodes[0]) >= FLOOD - 2) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for node in &nodes {
+        assert!(done(node), "every node has the honest verdict and two of the flooder's votes");
+        let verdict = node.pipeline.store().verdict(&id).unwrap().unwrap();
+        assert_eq!(verdict.equivocators, [byzantine.public().to_hex()]);
+        assert_eq!(node.pipeline.store().votes(&id).unwrap().len(), 2 + 3, "two of the flood and the honest three");
+        let honest_verdict = node.pipeline.store().verdict(&honest.artifact.id()).unwrap().unwrap();
+        assert_eq!((honest_verdict.status, honest_verdict.is_final), (Status::Accepted, true));
+        assert!(node.metrics.votes_pending.get() <= poi_node::pipeline::PENDING_VOTES as i64);
+    }
+    assert_eq!(over(&nodes[0]), FLOOD - 2, "the first node dropped the rest of the flood on the artifact");
+    for node in &nodes[1..] {
+        assert!(over(node) < 10, "the flood was not forwarded: {} over the limit", over(node));
+    }
     drop(evil);
     for node in nodes {
         node.stop().await;

@@ -5,14 +5,14 @@
 use poi_verifier::simulate as common;
 
 use common::Chooser;
-use poi_artifact::{Artifact, ArtifactId, Keypair, Verdict, Vote, VoteBody, SELECT_DOMAIN};
+use poi_artifact::{Artifact, ArtifactId, Keypair, Verdict, Vote, VoteBody};
 use poi_chain_spec::{devnet_keypair, ChainSpec, MinerTestParams};
 use std::sync::Arc;
 
 use poi_node::metrics::Metrics;
 use poi_node::pipeline::{Admission, Pipeline, Source, VoteIngested};
 use poi_node::store::{HistoryQuery, LogEntry, Store, StoreError, VerdictRecord};
-use poi_verifier::verdict::{committee, is_selected, verdict, Status};
+use poi_verifier::verdict::{selection, verdict, Status};
 use poi_verifier::SeedingClass;
 
 fn artifact(seed: u64) -> Artifact {
@@ -25,7 +25,7 @@ fn vote(key: &Keypair, id: &ArtifactId, verdict: Verdict) -> Vote {
         chain_id: spec.chain_id(),
         artifact_id: *id,
         validator: key.public(),
-        selection_proof: key.sign(SELECT_DOMAIN, id),
+        selection_proof: key.vrf().prove(id),
         verdict,
         figures: poi_tests::clean_figures(&spec),
         created_at_ms: 5,
@@ -33,16 +33,20 @@ fn vote(key: &Keypair, id: &ArtifactId, verdict: Verdict) -> Vote {
     .sign(key)
 }
 
-/// A devnet validator that may vote on `id` (selected or in its committee).
-fn eligible(id: &ArtifactId) -> Keypair {
+/// A devnet validator whose VRF selects it to check `id`, if any.
+fn selected(id: &ArtifactId) -> Option<Keypair> {
     let spec = ChainSpec::devnet();
-    (0..4)
-        .map(devnet_keypair)
-        .find(|k| {
-            committee(&spec, id).contains(&k.public())
-                || is_selected(&k.public(), id, &k.sign(SELECT_DOMAIN, id), spec.full_check_rate)
-        })
-        .unwrap()
+    (0..4).map(devnet_keypair).find(|k| selection(&k.vrf(), id, spec.full_check_rate).0)
+}
+
+/// An artifact (from seed `from` on) that some devnet validator is selected
+/// for, with that validator.
+fn selected_artifact(from: u64) -> (Artifact, Keypair) {
+    (from..).find_map(|seed| {
+        let artifact = artifact(seed);
+        selected(&artifact.id()).map(|key| (artifact, key))
+    })
+    .unwrap()
 }
 
 /// A store and the pipeline that decides what goes into it, as a node has.
@@ -56,13 +60,13 @@ fn put(store: &Store, artifact: &Artifact, at: u64) -> bool {
     let id = artifact.id();
     let outcome = verdict(&ChainSpec::devnet(), &id, SeedingClass::RequesterBound, &[]);
     let record = VerdictRecord::new(&id, &artifact.body.miner, SeedingClass::RequesterBound, &outcome, &[], at, at);
-    store.put_artifact(artifact, &record).unwrap()
+    store.put_artifact(artifact, &record, None).unwrap()
 }
 
 #[test]
 fn artifacts_votes_and_verdicts_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let a = artifact(1);
+    let (a, voter) = selected_artifact(1);
     let id = a.id();
     {
         let ledger = ledger(dir.path());
@@ -70,8 +74,8 @@ fn artifacts_votes_and_verdicts_survive_a_restart() {
         assert!(first.new);
         assert!(!ledger.ingest_artifact(&a.encode(), Source::Gossip).unwrap().new, "duplicates are not rewritten");
         assert_eq!(ledger.store().verdict(&id).unwrap().unwrap().status, Status::AcceptedReplayOnly);
-        let vote = vote(&eligible(&id), &id, Verdict::Accept).encode();
-        let VoteIngested::Stored(Some(record)) = ledger.ingest_vote(&vote, Source::Gossip).unwrap() else {
+        let vote = vote(&voter, &id, Verdict::Accept).encode();
+        let VoteIngested::Stored(record) = ledger.ingest_vote(&vote, Source::Gossip).unwrap() else {
             panic!("the vote was stored with a verdict")
         };
         assert_eq!(record.status, Status::Accepted);
@@ -87,10 +91,10 @@ fn artifacts_votes_and_verdicts_survive_a_restart() {
 fn a_vote_before_its_artifact_counts_once_the_artifact_arrives() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = ledger(dir.path());
-    let a = artifact(2);
+    let (a, voter) = selected_artifact(2);
     let id = a.id();
-    let v = vote(&eligible(&id), &id, Verdict::Reject).encode();
-    assert_eq!(ledger.ingest_vote(&v, Source::Gossip).unwrap(), VoteIngested::Stored(None));
+    let v = vote(&voter, &id, Verdict::Reject).encode();
+    assert_eq!(ledger.ingest_vote(&v, Source::Gossip).unwrap(), VoteIngested::Pending { held: true });
     assert_eq!(ledger.ingest_vote(&v, Source::Sync).unwrap(), VoteIngested::Duplicate, "a duplicate vote is a no-op");
     assert_eq!(ledger.ingest_artifact(&a.encode(), Source::Sync).unwrap().verdict.status, Status::Disputed);
     assert_eq!(ledger.store().verdict(&id).unwrap().unwrap().status, Status::Disputed);
@@ -140,13 +144,16 @@ fn history_pages_newest_first_with_filters() {
         .0
         .is_empty());
 
-    let disputed = artifacts[3].id();
-    let reject = vote(&eligible(&disputed), &disputed, Verdict::Reject);
+    let (disputed_artifact, voter) = selected_artifact(40);
+    put(&store, &disputed_artifact, 1003);
+    let disputed = disputed_artifact.id();
+    let reject = vote(&voter, &disputed, Verdict::Reject);
     let votes = std::slice::from_ref(&reject);
     let class = SeedingClass::RequesterBound;
     let outcome = verdict(&ChainSpec::devnet(), &disputed, class, votes);
-    let record = VerdictRecord::new(&disputed, &artifacts[3].body.miner, class, &outcome, votes, 1003, 2000);
-    assert!(store.put_vote(&reject, Some(&record)).unwrap());
+    let record = VerdictRecord::new(&disputed, &disputed_artifact.body.miner, class, &outcome, votes, 1003, 2000);
+    assert_eq!(record.status, Status::Disputed);
+    assert!(store.put_vote(&reject, &record, None).unwrap());
     let (rows, _) =
         store.history(&HistoryQuery { status: Some(Status::Disputed), limit: 100, ..Default::default() }).unwrap();
     assert_eq!(rows.iter().map(|r| r.artifact_id.clone()).collect::<Vec<_>>(), vec![disputed.to_hex()]);
@@ -157,15 +164,16 @@ fn the_log_pages_through_everything_stored_in_order_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let artifacts: Vec<Artifact> = (10..15).map(artifact).collect();
     let id = artifacts[0].id();
-    let v = vote(&eligible(&id), &id, Verdict::Accept);
+    let v = vote(&devnet_keypair(0), &id, Verdict::Accept);
     {
         let store = Store::open(dir.path(), ChainSpec::devnet()).unwrap();
         for (i, a) in artifacts.iter().enumerate() {
             put(&store, a, i as u64);
         }
         assert!(!put(&store, &artifacts[0], 99), "a duplicate takes no log entry");
-        assert!(store.put_vote(&v, None).unwrap());
-        assert!(!store.put_vote(&v, None).unwrap(), "nor does a duplicate vote");
+        let record = store.verdict(&id).unwrap().unwrap();
+        assert!(store.put_vote(&v, &record, None).unwrap());
+        assert!(!store.put_vote(&v, &record, None).unwrap(), "nor does a duplicate vote");
         store.set_sync_cursor(b"peer", 4).unwrap();
     }
     let store = Store::open(dir.path(), ChainSpec::devnet()).unwrap();
@@ -202,7 +210,7 @@ fn the_miner_test_reads_the_newest_window_in_creation_order_and_persists() {
             let outcome = verdict(&spec, &id, SeedingClass::Unseeded, &[]);
             let record = VerdictRecord::new(&id, &miner, SeedingClass::Unseeded, &outcome, &[], 7, 7)
                 .with_evidence(Some(*value));
-            assert!(store.put_artifact(&artifact, &record).unwrap());
+            assert!(store.put_artifact(&artifact, &record, None).unwrap());
         }
         // A requester-bound artifact carries no evidence and is not read.
         assert!(put(&store, &artifact(99), 8));

@@ -2,70 +2,129 @@
 //! function of the chain spec and signed data, so any node or client
 //! recomputes the same answer from what RPC returns.
 //!
-//! - **Selection**: validator `v` fully checks artifact `a` iff
-//!   `SHA256(sig_v("poi/select/v1" || a)) / 2^256 < full_check_rate`. ed25519
-//!   signatures are deterministic, so `v` cannot grind, and nobody else can
-//!   predict the outcome without `v`'s key. The comparison uses the top 128
-//!   bits, exact for every rate that is a multiple of 2^-128.
-//! - **Committee**: the `dispute_committee_size` validators with the lowest
-//!   `SHA256("poi/committee/v1" || a || key)`.
-//! - **Verdict**: votes count if signed by a validator of the spec for this
-//!   chain and artifact, cast under the chain's own numerics profile and
-//!   version, and either carry a valid selection proof (at the artifact's
-//!   rate: every validator is selected for miner-seeded and unseeded
-//!   artifacts) or come from a committee member. A validator with two different votes for one
-//!   artifact is equivocating: none of its votes count. Then:
-//!   no counted vote → `accepted-replay-only`; a committee weighted majority
-//!   (more than half the committee's weight) of accept or reject →
-//!   `accepted` / `rejected`; otherwise any counted reject → `disputed`;
-//!   otherwise at least one accept → `accepted`; only inconclusive votes →
-//!   `accepted-replay-only`.
+//! - **Selection**: validator `v` fully checks artifact `a` iff its VRF
+//!   output over `"poi/select/v1" || a` (`poi_artifact::vrf`), read as a
+//!   fraction of 2^256, is below the artifact's rate (the chain's
+//!   `full_check_rate`; 1 for artifacts the miner seeded). One output per
+//!   key and artifact: nobody can grind it, and nobody without `v`'s key can
+//!   predict it. Every vote carries the proof.
+//! - **Disputes are decided by the whole validator set.** A reject from a
+//!   selected validator disputes the artifact, and every validator then
+//!   re-checks it. No committee is drawn, so there is nothing to bias: a
+//!   miner grinding its artifact id, or a colluding minority, always faces
+//!   the whole weight.
+//! - **Votes**: one per validator counts, from any validator of the spec,
+//!   under the chain's numerics profile, with a valid signature and VRF
+//!   proof. A validator with two different votes on an artifact is
+//!   equivocating; its votes drive nothing (no dispute, no provisional
+//!   accept), but each side it signed keeps its weight in that side's
+//!   quorum: a signature is a commitment, and signing the opposite later
+//!   withdraws nothing.
+//! - **Status**, with `W` the total weight and `A`/`R` the weight of
+//!   validators that signed accept/reject: `2R > W` → `rejected`, `2A > W` →
+//!   `accepted`, both final (if both hold, which takes equivocators and
+//!   honest validators that disagree with each other, `disputed`, not
+//!   final); otherwise a non-equivocating selected reject → `disputed`; a
+//!   non-equivocating selected accept → `accepted` (provisional); otherwise
+//!   `accepted-replay-only`. Inconclusive votes are on neither side.
+//! - **Finality**: a final verdict never changes. Votes only add weight to
+//!   the sides they sign (equivocation included), so a quorum once reached
+//!   stays, and the other side cannot reach one without honest validators
+//!   signing against what the model gives: with less than a third of the
+//!   weight Byzantine and every honest validator computing the same
+//!   bit-exact result, only the honest side's quorum can ever exist.
 
 use std::collections::BTreeMap;
 
-use poi_artifact::{sha256, ArtifactId, PublicKey, Verdict, Vote, SELECT_DOMAIN};
+use poi_artifact::{
+    ArtifactId, PublicKey, SelectionOutput, SelectionProof, SignatureError, Verdict, Vote, VrfKeypair, VrfPublicKey,
+};
 use poi_chain_spec::ChainSpec;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use thiserror::Error;
 
 use crate::seeding::SeedingClass;
 
-const COMMITTEE_DOMAIN: &[u8] = b"poi/committee/v1";
-
-/// Whether a selection proof selects its signer for the full check.
-pub fn is_selected(
-    validator: &PublicKey,
-    artifact_id: &ArtifactId,
-    proof: &poi_artifact::Signature,
-    rate: f64,
-) -> bool {
-    if validator.verify(SELECT_DOMAIN, artifact_id, proof, "selection proof").is_err() {
-        return false;
-    }
-    if rate >= 1.0 {
-        return true;
-    }
-    let digest = sha256(&proof.0);
-    let top = u128::from_be_bytes(digest.0[..16].try_into().expect("16 bytes"));
-    // Below 2^128 and integral for the rates the spec allows: exact.
-    top < (rate.max(0.0) * 2f64.powi(128)) as u128
+/// Why a vote cannot count on this chain, whatever the artifact.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum VoteError {
+    #[error("chain {0} is not this chain")]
+    OtherChain(String),
+    #[error("{0} is not a validator of this chain")]
+    NotAValidator(String),
+    #[error("cast under profile {found:?}; this chain's votes are under {expected:?}")]
+    OtherProfile { found: String, expected: String },
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
 }
 
-/// The dispute committee of an artifact, best first.
-pub fn committee(spec: &ChainSpec, artifact_id: &ArtifactId) -> Vec<PublicKey> {
-    let mut ranked: Vec<([u8; 32], PublicKey)> = spec
-        .validators
-        .iter()
-        .map(|v| {
-            let mut hasher = Sha256::new();
-            hasher.update(COMMITTEE_DOMAIN);
-            hasher.update(artifact_id.0);
-            hasher.update(v.public_key.0);
-            (hasher.finalize().into(), v.public_key)
-        })
-        .collect();
-    ranked.sort();
-    ranked.into_iter().take(spec.dispute_committee_size as usize).map(|(_, key)| key).collect()
+/// A vote whose chain, validator, profile, signature and selection proof
+/// were checked, with its VRF output: the only votes the verdict counts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckedVote {
+    vote: Vote,
+    output: SelectionOutput,
+}
+
+impl CheckedVote {
+    /// Every check a vote from the wire needs (two signature verifications;
+    /// a node does this once, at ingest).
+    pub fn check(spec: &ChainSpec, vote: Vote) -> Result<Self, VoteError> {
+        let vrf_key = Self::check_fields(spec, &vote)?;
+        vote.verify_signature()?;
+        let output = vrf_key.verify(&vote.body.artifact_id, &vote.body.selection_proof)?;
+        Ok(Self { vote, output })
+    }
+
+    /// A vote this node checked before and read back from its own store: the
+    /// cheap field checks again, no signature work. Votes from anywhere else
+    /// go through [`CheckedVote::check`].
+    pub fn checked_before(spec: &ChainSpec, vote: Vote) -> Result<Self, VoteError> {
+        let vrf_key = Self::check_fields(spec, &vote)?;
+        let output = vote.body.selection_proof.output_unverified(&vrf_key, &vote.body.artifact_id);
+        Ok(Self { vote, output })
+    }
+
+    fn check_fields(spec: &ChainSpec, vote: &Vote) -> Result<VrfPublicKey, VoteError> {
+        let body = &vote.body;
+        if body.chain_id != spec.chain_id() {
+            return Err(VoteError::OtherChain(body.chain_id.to_hex()));
+        }
+        let validator =
+            spec.validator(&body.validator).ok_or_else(|| VoteError::NotAValidator(body.validator.to_hex()))?;
+        let expected = spec.numerics.label();
+        if body.figures.profile_id != expected {
+            return Err(VoteError::OtherProfile { found: body.figures.profile_id.clone(), expected });
+        }
+        Ok(validator.vrf_key)
+    }
+
+    pub fn vote(&self) -> &Vote {
+        &self.vote
+    }
+
+    pub fn into_vote(self) -> Vote {
+        self.vote
+    }
+
+    /// Whether the vote's VRF output selects its validator at `rate`.
+    pub fn selected_at(&self, rate: f64) -> bool {
+        self.output.selects(rate)
+    }
+}
+
+/// Whether the holder of `vrf` is selected to check `artifact_id` at
+/// `rate`; with the proof to put in its vote.
+pub fn selection(vrf: &VrfKeypair, artifact_id: &ArtifactId, rate: f64) -> (bool, SelectionProof) {
+    let proof = vrf.prove(artifact_id);
+    let output = proof.output_unverified(&vrf.public(), artifact_id);
+    (output.selects(rate), proof)
+}
+
+/// Who re-checks a disputed artifact and decides it: every validator of the
+/// chain. It depends on nothing the miner or a minority controls.
+pub fn dispute_deciders(spec: &ChainSpec) -> Vec<PublicKey> {
+    spec.validators.iter().map(|v| v.public_key).collect()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -119,74 +178,67 @@ impl<'de> Deserialize<'de> for Status {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct VerdictOutcome {
     pub status: Status,
-    /// Votes that counted, by vote id (hex).
+    /// A side holds more than half the chain's weight: no later vote, and
+    /// no equivocation, changes the status.
+    pub is_final: bool,
+    /// Votes that counted (one per non-equivocating validator), by vote id (hex).
     pub counted: Vec<String>,
     /// Validators that signed two different votes for the artifact.
     pub equivocators: Vec<String>,
 }
 
-/// The verdict of `artifact_id`, of seeding class `seeding`, from every
-/// stored vote about it (any order; invalid, foreign or duplicate votes are
-/// ignored, never an error).
+/// The verdict of `artifact_id`, of seeding class `seeding`, from votes as
+/// RPC returns them: each is checked, and invalid, foreign or duplicate ones
+/// are ignored, never an error.
 pub fn verdict(spec: &ChainSpec, artifact_id: &ArtifactId, seeding: SeedingClass, votes: &[Vote]) -> VerdictOutcome {
-    let chain_id = spec.chain_id();
-    let profile = spec.numerics.label();
+    let checked: Vec<CheckedVote> =
+        votes.iter().filter_map(|vote| CheckedVote::check(spec, vote.clone()).ok()).collect();
+    tally(spec, artifact_id, seeding, &checked)
+}
+
+/// [`verdict`] over votes checked already (a node's own store).
+pub fn tally(spec: &ChainSpec, artifact_id: &ArtifactId, seeding: SeedingClass, votes: &[CheckedVote]) -> VerdictOutcome {
     let rate = seeding.full_check_rate(spec);
-    let members = committee(spec, artifact_id);
-    let mut by_validator: BTreeMap<[u8; 32], Vec<&Vote>> = BTreeMap::new();
-    for vote in votes {
-        let body = &vote.body;
-        if body.chain_id != chain_id || body.artifact_id != *artifact_id || spec.validator(&body.validator).is_none() {
-            continue;
-        }
-        if vote.verify_signature().is_err() {
-            continue;
-        }
-        let entry = by_validator.entry(body.validator.0).or_default();
-        if !entry.iter().any(|v| v.id() == vote.id()) {
-            entry.push(vote);
+    let mut by_validator: BTreeMap<[u8; 32], Vec<&CheckedVote>> = BTreeMap::new();
+    for checked in votes.iter().filter(|c| c.vote.body.artifact_id == *artifact_id) {
+        let entry = by_validator.entry(checked.vote.body.validator.0).or_default();
+        if !entry.iter().any(|v| v.vote.id() == checked.vote.id()) {
+            entry.push(checked);
         }
     }
+    let weight = |key: &[u8; 32]| spec.validator(&PublicKey(*key)).map_or(0, |v| v.weight);
+    let (mut accept_weight, mut reject_weight) = (0u64, 0u64);
+    let (mut selected_accept, mut selected_reject) = (false, false);
     let mut counted = Vec::new();
     let mut equivocators = Vec::new();
     for (key, votes) in &by_validator {
+        let signed = |verdict: Verdict| votes.iter().any(|v| v.vote.body.verdict == verdict);
+        if signed(Verdict::Accept) {
+            accept_weight += weight(key);
+        }
+        if signed(Verdict::Reject) {
+            reject_weight += weight(key);
+        }
         if votes.len() > 1 {
             equivocators.push(PublicKey(*key).to_hex());
             continue;
         }
         let vote = votes[0];
-        let body = &vote.body;
-        // A vote under another profile judged other numbers than the chain's
-        // (it still counts as one of two for equivocation, above).
-        if body.figures.profile_id != profile {
-            continue;
-        }
-        let eligible =
-            members.contains(&body.validator) || is_selected(&body.validator, artifact_id, &body.selection_proof, rate);
-        if eligible {
-            counted.push(vote);
+        counted.push(vote.vote.id().to_hex());
+        if vote.selected_at(rate) {
+            selected_accept |= vote.vote.body.verdict == Verdict::Accept;
+            selected_reject |= vote.vote.body.verdict == Verdict::Reject;
         }
     }
-    let weight = |key: &PublicKey| spec.validator(key).map_or(0, |v| v.weight);
-    let committee_weight: u64 = members.iter().map(weight).sum();
-    let committee_for = |verdict: Verdict| -> u64 {
-        counted
-            .iter()
-            .filter(|v| v.body.verdict == verdict && members.contains(&v.body.validator))
-            .map(|v| weight(&v.body.validator))
-            .sum()
+    let total = u128::from(spec.total_weight());
+    let majority = |side: u64| 2 * u128::from(side) > total;
+    let (status, is_final) = match (majority(accept_weight), majority(reject_weight)) {
+        (true, true) => (Status::Disputed, false),
+        (false, true) => (Status::Rejected, true),
+        (true, false) => (Status::Accepted, true),
+        (false, false) if selected_reject => (Status::Disputed, false),
+        (false, false) if selected_accept => (Status::Accepted, false),
+        (false, false) => (Status::AcceptedReplayOnly, false),
     };
-    let any = |verdict: Verdict| counted.iter().any(|v| v.body.verdict == verdict);
-    let status = if committee_weight > 0 && 2 * committee_for(Verdict::Reject) > committee_weight {
-        Status::Rejected
-    } else if any(Verdict::Reject) && 2 * committee_for(Verdict::Accept) > committee_weight {
-        Status::Accepted
-    } else if any(Verdict::Reject) {
-        Status::Disputed
-    } else if any(Verdict::Accept) {
-        Status::Accepted
-    } else {
-        Status::AcceptedReplayOnly
-    };
-    VerdictOutcome { status, counted: counted.iter().map(|v| v.id().to_hex()).collect(), equivocators }
+    VerdictOutcome { status, is_final, counted, equivocators }
 }

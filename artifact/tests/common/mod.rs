@@ -56,7 +56,7 @@ pub fn sample_vote() -> Vote {
         chain_id: chain_id(),
         artifact_id: artifact.id(),
         validator: validator.public(),
-        selection_proof: validator.sign(poi_artifact::SELECT_DOMAIN, &artifact.id()),
+        selection_proof: validator.vrf().prove(&artifact.id()),
         verdict: Verdict::Accept,
         figures: VoteFigures {
             distance: 0.0012,

@@ -14,6 +14,10 @@ pub struct VerdictView {
     /// at the replay check).
     pub seeding: SeedingClass,
     pub status: Status,
+    /// A side holds more than half the chain's weight: the status never
+    /// changes again, whatever later votes or equivocations say.
+    #[serde(default, rename = "final")]
+    pub is_final: bool,
     /// Ids of the votes that counted.
     pub counted_votes: Vec<String>,
     /// The validators whose votes counted.

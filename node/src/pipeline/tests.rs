@@ -1,15 +1,16 @@
 //! The pipeline's rules on their own, without threads or a network: the
-//! admission window, which faults cost the sender, and which artifacts this
-//! validator hands to its full-check queue.
+//! admission window, which faults cost the sender, the duties it writes, and
+//! the bounds on votes.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use poi_artifact::{sha256, Verdict, VoteBody, VoteFigures};
 use poi_chain_spec::{devnet_keypair, ChainSpec};
 use poi_verifier::simulate::{build, forged, Chooser};
 
 use super::*;
-use crate::scheduler::{FullCheckJob, QueueFull};
 
 const HOUR_MS: u64 = 3_600_000;
 
@@ -45,62 +46,175 @@ fn only_the_senders_faults_cost_it_score() {
     assert!(!outside(-300_000 - grace).is_peer_fault());
     assert!(outside(-300_000 - grace - 1).is_peer_fault());
     assert!(IngestError::InvalidVote("forged".into()).is_peer_fault());
+    assert!(!IngestError::SignedAgain { id: String::new() }.is_peer_fault(), "an honest relay may carry either copy");
     let corrupt = StoreError::Corrupt { what: "verdict", detail: "test".into() };
     assert!(!IngestError::Store(corrupt).is_peer_fault(), "this node's own failure");
 }
 
-/// A full-check queue that keeps what it is offered, or refuses everything.
+/// Counts wake-ups; the duties themselves are in the store.
 #[derive(Default)]
-struct Recorder {
-    offered: Mutex<Vec<FullCheckJob>>,
-    full: bool,
-}
+struct Bell(AtomicUsize);
 
-impl FullCheckQueue for Recorder {
-    fn offer(&self, job: FullCheckJob) -> Result<(), QueueFull> {
-        if self.full {
-            return Err(QueueFull);
-        }
-        self.offered.lock().unwrap().push(job);
-        Ok(())
+impl DutyQueue for Bell {
+    fn wake(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-fn pipeline(spec: &ChainSpec, queue: Arc<Recorder>, dir: &std::path::Path) -> Pipeline {
+fn pipeline(spec: &ChainSpec, dir: &std::path::Path) -> Pipeline {
     let store = Arc::new(Store::open(dir, spec.clone()).unwrap());
-    let validator = Validator { key: Arc::new(devnet_keypair(0)), queue };
+    let key = devnet_keypair(0);
+    let validator = Validator { vrf: Arc::new(key.vrf()), key: Arc::new(key), duties: Arc::new(Bell::default()) };
     Pipeline::new(store, spec.clone(), Arc::new(Metrics::default()), Some(validator), Admission::ANY_AGE)
 }
 
-#[test]
-fn a_selected_artifact_is_offered_once_and_a_full_queue_is_counted() {
-    let dir = tempfile::tempdir().unwrap();
+fn spec_at(rate: f64) -> ChainSpec {
     let mut spec = ChainSpec::devnet();
-    spec.full_check_rate = 1.0;
-    let queue = Arc::new(Recorder::default());
-    let pipeline = pipeline(&spec, queue.clone(), &dir.path().join("a"));
-    let honest = build(&spec, 16, 1, Chooser::Seeded);
-    assert!(pipeline.ingest_artifact(&honest.bytes, Source::Rpc).unwrap().new);
-    assert!(!pipeline.ingest_artifact(&honest.bytes, Source::Gossip).unwrap().new);
-    let offered = queue.offered.lock().unwrap();
-    assert_eq!(offered.len(), 1, "a duplicate is not checked again");
-    assert_eq!(offered[0].artifact.id(), honest.artifact.id());
-    assert_eq!(offered[0].reason, crate::scheduler::CheckReason::Selected);
+    spec.full_check_rate = rate;
+    spec
+}
 
-    let full = Arc::new(Recorder { full: true, ..Recorder::default() });
-    let pipeline = super::tests::pipeline(&spec, full, &dir.path().join("b"));
-    pipeline.ingest_artifact(&honest.bytes, Source::Rpc).unwrap();
-    assert_eq!(pipeline.metrics().full_checks_skipped.get(), 1);
+fn vote(spec: &ChainSpec, index: u32, artifact: &ArtifactId, verdict: Verdict, at: u64) -> Vote {
+    let key = devnet_keypair(index);
+    VoteBody {
+        chain_id: spec.chain_id(),
+        artifact_id: *artifact,
+        validator: key.public(),
+        selection_proof: key.vrf().prove(artifact),
+        verdict,
+        figures: VoteFigures {
+            distance: 0.0,
+            match_ratio: 1.0,
+            surprisal_z: 0.0,
+            profile_id: spec.numerics.label(),
+            reason: String::new(),
+        },
+        created_at_ms: at,
+    }
+    .sign(&key)
 }
 
 #[test]
-fn at_rate_zero_nothing_is_offered_and_a_rejected_artifact_never() {
+fn a_selected_artifact_is_a_durable_duty_once_and_a_rejected_one_never() {
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = ChainSpec::devnet();
-    spec.full_check_rate = 0.0;
-    let queue = Arc::new(Recorder::default());
-    let pipeline = pipeline(&spec, queue.clone(), dir.path());
-    pipeline.ingest_artifact(&build(&spec, 16, 2, Chooser::Seeded).bytes, Source::Rpc).unwrap();
+    let spec = spec_at(1.0);
+    let pipeline = pipeline(&spec, dir.path());
+    let honest = build(&spec, 16, 1, Chooser::Seeded);
+    assert!(pipeline.ingest_artifact(&honest.bytes, Source::Rpc).unwrap().new);
+    assert!(!pipeline.ingest_artifact(&honest.bytes, Source::Gossip).unwrap().new);
     assert!(pipeline.ingest_artifact(&forged(&spec, 16, 3), Source::Rpc).is_err());
-    assert!(queue.offered.lock().unwrap().is_empty());
+    let duty = pipeline.store().duty(&honest.artifact.id()).unwrap().expect("owed");
+    assert_eq!(duty.class, DutyClass::Selected);
+    assert_eq!(pipeline.store().duty_count(DutyClass::Selected, 10).unwrap(), 1, "a duplicate owes nothing more");
+
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = super::tests::pipeline(&spec_at(0.0), dir.path());
+    pipeline.ingest_artifact(&build(&spec_at(0.0), 16, 2, Chooser::Seeded).bytes, Source::Rpc).unwrap();
+    assert_eq!(pipeline.store().duty_count(DutyClass::Selected, 10).unwrap(), 0, "rate 0 selects nobody");
+}
+
+/// A selected reject disputes the artifact: every validator that has not
+/// voted owes a check, ahead of its selected ones; a final verdict owes none.
+#[test]
+fn a_dispute_is_owed_by_every_validator_that_has_not_voted() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ChainSpec::devnet();
+    let pipeline = pipeline(&spec, dir.path());
+    // An artifact that a validator other than this node's (key 0) is
+    // selected for, at the devnet's rate of 0.25.
+    let (honest, rejecter) = (10..)
+        .find_map(|seed| {
+            let built = build(&spec, 16, seed, Chooser::Seeded);
+            let id = built.artifact.id();
+            let selected = (1..4).find(|i| selection(&devnet_keypair(*i).vrf(), &id, spec.full_check_rate).0);
+            selected.map(|i| (built, i))
+        })
+        .unwrap();
+    let id = honest.artifact.id();
+    pipeline.ingest_artifact(&honest.bytes, Source::Rpc).unwrap();
+    let outcome = pipeline.ingest_vote(&vote(&spec, rejecter, &id, Verdict::Reject, 1).encode(), Source::Gossip);
+    match outcome.unwrap() {
+        VoteIngested::Stored(record) => assert_eq!(record.status, Status::Disputed),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pipeline.store().duty(&id).unwrap().expect("owed").class, DutyClass::Dispute);
+}
+
+#[test]
+fn a_resigned_copy_of_a_stored_artifact_is_neither_checked_nor_forwarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_at(0.0);
+    let pipeline = pipeline(&spec, dir.path());
+    let honest = build(&spec, 16, 5, Chooser::Seeded);
+    pipeline.ingest_artifact(&honest.bytes, Source::Rpc).unwrap();
+    let mut copy = honest.bytes.clone();
+    let last = copy.len() - 1;
+    copy[last] ^= 1; // another signature over the same body (invalid here; valid ones are as easy to make)
+    match pipeline.ingest_artifact(&copy, Source::Gossip) {
+        Err(err @ IngestError::SignedAgain { .. }) => assert!(!err.is_peer_fault()),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pipeline.store().artifact_bytes(&honest.artifact.id()).unwrap().unwrap(), honest.bytes);
+}
+
+/// The vote-flood attack: one validator sends 10^4 different votes on one
+/// artifact. The node keeps its first and one conflicting (the proof of
+/// equivocation) and ignores the rest before any signature work.
+#[test]
+fn a_validator_flooding_one_artifact_keeps_two_votes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_at(0.0);
+    let pipeline = pipeline(&spec, dir.path());
+    let honest = build(&spec, 16, 6, Chooser::Seeded);
+    let id = honest.artifact.id();
+    pipeline.ingest_artifact(&honest.bytes, Source::Rpc).unwrap();
+    let template = vote(&spec, 1, &id, Verdict::Accept, 0);
+    let key = devnet_keypair(1);
+    let mut outcomes = std::collections::HashMap::new();
+    for at in 0..10_000u64 {
+        let mut body = template.body.clone();
+        body.created_at_ms = at;
+        body.verdict = if at % 2 == 0 { Verdict::Accept } else { Verdict::Reject };
+        let outcome = pipeline.ingest_vote(&body.sign(&key).encode(), Source::Gossip).unwrap();
+        *outcomes.entry(std::mem::discriminant(&outcome)).or_insert(0) += 1;
+    }
+    assert_eq!(pipeline.store().votes(&id).unwrap().len(), 2);
+    assert_eq!(pipeline.metrics().votes_over_limit.get(), 9_998);
+    let record = pipeline.store().verdict(&id).unwrap().unwrap();
+    assert_eq!(record.equivocators, vec![key.public().to_hex()]);
+    assert_eq!(outcomes.len(), 2, "stored twice, over the limit otherwise: {outcomes:?}");
+}
+
+/// The other flood: votes on artifacts that do not exist. They wait in a
+/// buffer bounded in total and per validator; once a validator's share is
+/// full its further votes are refused before any signature work, and the
+/// other validators' votes still wait and count when their artifact comes.
+#[test]
+fn votes_on_unknown_artifacts_wait_within_each_validators_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_at(0.0);
+    let pipeline = pipeline(&spec, dir.path());
+    let share = PENDING_VOTES / spec.validators.len();
+    let flooder = devnet_keypair(1);
+    let template = vote(&spec, 1, &sha256(b"nothing"), Verdict::Reject, 0);
+    for i in 0..(share as u64 + 2_000) {
+        let id = sha256(&i.to_le_bytes());
+        let mut body = template.body.clone();
+        body.artifact_id = id;
+        // Valid proofs for the share, then whatever is cheapest to send.
+        if i < share as u64 + 10 {
+            body.selection_proof = flooder.vrf().prove(&id);
+        }
+        let outcome = pipeline.ingest_vote(&body.sign(&flooder).encode(), Source::Gossip).unwrap();
+        assert_eq!(outcome, VoteIngested::Pending { held: (i as usize) < share }, "vote {i}");
+    }
+    assert_eq!(pipeline.metrics().votes_pending.get(), share as i64);
+    assert_eq!(pipeline.metrics().votes_pending_refused.get(), 2_000);
+
+    let honest = build(&spec, 16, 7, Chooser::Seeded);
+    let early = vote(&spec, 2, &honest.artifact.id(), Verdict::Accept, 1);
+    assert_eq!(pipeline.ingest_vote(&early.encode(), Source::Gossip).unwrap(), VoteIngested::Pending { held: true });
+    let ingested = pipeline.ingest_artifact(&honest.bytes, Source::Gossip).unwrap();
+    assert_eq!(ingested.verdict.counted_votes, vec![early.id().to_hex()], "the waiting vote counts on arrival");
+    assert_eq!(pipeline.store().votes(&honest.artifact.id()).unwrap(), vec![early]);
 }

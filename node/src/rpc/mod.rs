@@ -43,6 +43,7 @@ fn view(record: VerdictRecord) -> VerdictView {
         miner: record.miner,
         seeding: record.seeding,
         status: record.status,
+        is_final: record.is_final,
         counted_votes: record.counted_votes,
         voters: record.voters,
         equivocators: record.equivocators,

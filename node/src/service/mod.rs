@@ -22,7 +22,7 @@ use crate::config::NodeConfig;
 use crate::metrics::Metrics;
 use crate::network::{self, NetworkClient, NetworkConfig};
 use crate::pipeline::{Pipeline, Validator};
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::store::Store;
 
 /// Why a node did not start.
@@ -36,6 +36,11 @@ pub enum StartError {
     Serve { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("spawning a validation worker: {0}")]
     Spawn(std::io::Error),
+    #[error(
+        "the chain spec lists this validator's VRF key as {listed}, but its key file derives {derived}: \
+         its votes would be refused everywhere (`poi keys show` prints the entry to list)"
+    )]
+    WrongVrfKey { listed: String, derived: String },
 }
 
 /// Validation jobs waiting for a worker; beyond this, gossip is ignored.
@@ -54,6 +59,7 @@ pub struct NodeHandle {
     rpc: Option<jsonrpsee::server::ServerHandle>,
     background: Vec<tokio::task::JoinHandle<()>>,
     validators: Vec<std::thread::JoinHandle<()>>,
+    scheduler: Option<Scheduler>,
 }
 
 impl NodeHandle {
@@ -67,6 +73,9 @@ impl NodeHandle {
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop_network.take() {
             let _ = stop.send(());
+        }
+        if let Some(scheduler) = self.scheduler.take() {
+            let _ = tokio::task::spawn_blocking(move || scheduler.stop()).await;
         }
         if let Some(rpc) = self.rpc.take() {
             let _ = rpc.stop();
@@ -87,6 +96,12 @@ impl NodeHandle {
 }
 
 pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
+    if let Some(listed) = config.spec.validator(&config.key.public()) {
+        let derived = config.key.vrf().public();
+        if listed.vrf_key != derived {
+            return Err(StartError::WrongVrfKey { listed: listed.vrf_key.to_hex(), derived: derived.to_hex() });
+        }
+    }
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(
         Store::open(&config.data_dir, config.spec.clone())
@@ -94,18 +109,21 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
             .with_sync_writes(config.sync_writes),
     );
     let key = Arc::new(Keypair::from_secret(config.key.secret()));
-    let (votes_tx, votes_rx) = mpsc::channel(256);
-    let validator = config.checker.clone().map(|checker| Validator {
-        key: key.clone(),
-        queue: Arc::new(Scheduler::start(
-            config.full_check_workers,
-            config.full_check_queue,
+    let scheduler = config.checker.clone().map(|checker| {
+        Scheduler::new(SchedulerConfig {
+            workers: config.full_check_workers,
             checker,
-            key.clone(),
-            &config.spec,
-            metrics.clone(),
-            votes_tx,
-        )),
+            key: key.clone(),
+            vrf: Arc::new(key.vrf()),
+            spec: config.spec.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+        })
+    });
+    let validator = scheduler.as_ref().map(|scheduler| Validator {
+        key: key.clone(),
+        vrf: Arc::new(key.vrf()),
+        duties: Arc::new(scheduler.clone()),
     });
     let pipeline = Arc::new(Pipeline::new(store, config.spec.clone(), metrics.clone(), validator, config.admission));
 
@@ -122,6 +140,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
     .await?;
     let client = network.client.clone();
 
+    let (votes_tx, votes_rx) = mpsc::channel(256);
     let (jobs, jobs_rx) = mpsc::channel(VALIDATION_QUEUE);
     let (done, done_rx) = mpsc::channel(VALIDATION_QUEUE);
     let validators = workers::spawn(config.validation_workers, &pipeline, jobs_rx, done).map_err(StartError::Spawn)?;
@@ -131,8 +150,12 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
             done_rx,
             config.sync_interval,
         )),
-        tokio::spawn(own_votes::OwnVotes { pipeline: pipeline.clone(), network: client.clone() }.run(votes_rx)),
+        tokio::spawn(own_votes::publish(client.clone(), votes_rx)),
     ];
+    if let Some(scheduler) = &scheduler {
+        let sink = own_votes::OwnVotes { pipeline: pipeline.clone(), gossip: votes_tx };
+        scheduler.start(Arc::new(sink)).map_err(StartError::Spawn)?;
+    }
     let (rpc_addr, rpc) = match config.rpc {
         Some(addr) => {
             let api = crate::rpc::Rpc::new(pipeline.clone(), Some(client.clone()));
@@ -167,5 +190,6 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
         rpc,
         background,
         validators,
+        scheduler,
     })
 }

@@ -1,6 +1,7 @@
-//! This validator's own votes: the scheduler signs them, this task alone
-//! stores them and then gossips them, so that a vote leaves the node only
-//! once it is stored, and never a second one for the same artifact.
+//! This validator's own votes: the scheduler's workers cast them here. The
+//! vote is stored (fsynced, with the duty it discharges) on the worker's
+//! thread before the cast returns, and only then handed to the task that
+//! gossips it: a vote leaves the node only once a restart knows it was cast.
 
 use std::sync::Arc;
 
@@ -9,30 +10,30 @@ use tokio::sync::mpsc;
 
 use crate::network::{NetworkClient, Topic};
 use crate::pipeline::Pipeline;
+use crate::scheduler::VoteSink;
 
 pub(super) struct OwnVotes {
     pub pipeline: Arc<Pipeline>,
-    pub network: NetworkClient,
+    pub gossip: mpsc::Sender<Vec<u8>>,
 }
 
-impl OwnVotes {
-    pub(super) async fn run(self, mut votes: mpsc::Receiver<Vote>) {
-        while let Some(vote) = votes.recv().await {
-            let bytes = vote.encode();
-            let stored = {
-                let (pipeline, bytes) = (self.pipeline.clone(), bytes.clone());
-                tokio::task::spawn_blocking(move || pipeline.ingest_own_vote(&bytes)).await
-            };
-            match stored {
-                Ok(Ok(true)) => {
-                    if self.network.publish(Topic::Votes, bytes).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(Ok(false)) => {}
-                Ok(Err(err)) => tracing::error!(%err, "storing own vote"),
-                Err(err) => tracing::error!(%err, "vote task"),
-            }
+impl VoteSink for OwnVotes {
+    fn cast(&self, vote: Vote) {
+        match self.pipeline.ingest_own_vote(&vote) {
+            // A full gossip queue waits: the worker has nothing better to do
+            // than hand over what it just signed.
+            Ok(true) => drop(self.gossip.blocking_send(vote.encode())),
+            Ok(false) => {}
+            Err(err) => tracing::error!(%err, "storing own vote"),
+        }
+    }
+}
+
+/// Publishes stored own votes until the network stops.
+pub(super) async fn publish(network: NetworkClient, mut votes: mpsc::Receiver<Vec<u8>>) {
+    while let Some(bytes) = votes.recv().await {
+        if network.publish(Topic::Votes, bytes).await.is_err() {
+            return;
         }
     }
 }

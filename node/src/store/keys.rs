@@ -6,7 +6,8 @@ use poi_artifact::{ArtifactId, PublicKey, VoteId};
 pub const CF_META: &str = "meta";
 /// artifact id → canonical artifact bytes
 pub const CF_ARTIFACTS: &str = "artifacts";
-/// artifact id ‖ vote id → canonical vote bytes
+/// artifact id ‖ validator key ‖ vote id → canonical vote bytes: a prefix
+/// scan counts one validator's votes on an artifact.
 pub const CF_VOTES: &str = "votes";
 /// artifact id → verdict record (JSON)
 pub const CF_VERDICTS: &str = "verdicts";
@@ -21,12 +22,18 @@ pub const CF_MINER_EVIDENCE: &str = "miner_evidence";
 /// u64_be(local sequence) ‖ kind byte ‖ key in its family → (): the order in
 /// which this node stored things, which peers page through to catch up.
 pub const CF_LOG: &str = "log";
+/// u8 class ‖ miner key ‖ u64_be(queued ms) ‖ artifact id → u64_le(vote
+/// time): this validator's full checks still owed, in the order the
+/// scheduler takes them (disputes first, then a miner at a time).
+pub const CF_DUTIES: &str = "duties";
+/// artifact id → its key in `duties`.
+pub const CF_DUTY_INDEX: &str = "duty_index";
 
 pub const LOG_ARTIFACT: u8 = 0;
 pub const LOG_VOTE: u8 = 1;
 
-pub fn vote_key(artifact: &ArtifactId, vote: &VoteId) -> Vec<u8> {
-    [&artifact.0[..], &vote.0[..]].concat()
+pub fn vote_key(artifact: &ArtifactId, validator: &PublicKey, vote: &VoteId) -> Vec<u8> {
+    [&artifact.0[..], &validator.0[..], &vote.0[..]].concat()
 }
 
 pub fn by_time_key(ms: u64, id: &ArtifactId) -> Vec<u8> {

@@ -4,6 +4,7 @@
 //! that returned survive a crash of the process. The store persists what it
 //! is given and decides nothing: verdicts are the pipeline's.
 
+mod duties;
 mod keys;
 mod miner_test;
 
@@ -19,9 +20,10 @@ use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBat
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use duties::{Duty, DutyClass};
 use keys::{
-    by_miner_key, by_time_key, log_key, vote_key, CF_ARTIFACTS, CF_BY_MINER, CF_BY_TIME, CF_LOG, CF_META,
-    CF_MINER_EVIDENCE, CF_VERDICTS, CF_VOTES, LOG_ARTIFACT, LOG_VOTE,
+    by_miner_key, by_time_key, log_key, vote_key, CF_ARTIFACTS, CF_BY_MINER, CF_BY_TIME, CF_DUTIES, CF_DUTY_INDEX,
+    CF_LOG, CF_META, CF_MINER_EVIDENCE, CF_VERDICTS, CF_VOTES, LOG_ARTIFACT, LOG_VOTE,
 };
 
 const META_CHAIN_ID: &[u8] = b"chain_id";
@@ -48,6 +50,10 @@ pub struct VerdictRecord {
     /// Who fixed the run seed (requester-bound, miner-seeded, unseeded).
     pub seeding: SeedingClass,
     pub status: Status,
+    /// A side holds more than half the chain's weight: the status never
+    /// changes again (`poi_verifier::verdict`).
+    #[serde(default, rename = "final")]
+    pub is_final: bool,
     pub counted_votes: Vec<String>,
     /// The validators whose votes counted.
     pub voters: Vec<String>,
@@ -131,9 +137,19 @@ impl Store {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        let families =
-            [CF_META, CF_ARTIFACTS, CF_VOTES, CF_VERDICTS, CF_BY_TIME, CF_BY_MINER, CF_MINER_EVIDENCE, CF_LOG]
-                .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let families = [
+            CF_META,
+            CF_ARTIFACTS,
+            CF_VOTES,
+            CF_VERDICTS,
+            CF_BY_TIME,
+            CF_BY_MINER,
+            CF_MINER_EVIDENCE,
+            CF_LOG,
+            CF_DUTIES,
+            CF_DUTY_INDEX,
+        ]
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&options, path, families)?;
         let next_seq = {
             let cf = db.cf_handle(CF_LOG).expect("opened above");
@@ -169,9 +185,15 @@ impl Store {
     }
 
     /// Stores a checked artifact with its verdict, its time and miner index
-    /// entries (at the verdict's `received_at_ms`) and a log entry, in one
-    /// batch; `false` if it was already there (nothing is rewritten).
-    pub fn put_artifact(&self, artifact: &Artifact, verdict: &VerdictRecord) -> Result<bool, StoreError> {
+    /// entries (at the verdict's `received_at_ms`), a log entry and the full
+    /// check it makes this validator owe, in one batch; `false` if it was
+    /// already there (nothing is rewritten).
+    pub fn put_artifact(
+        &self,
+        artifact: &Artifact,
+        verdict: &VerdictRecord,
+        duty: Option<&Duty>,
+    ) -> Result<bool, StoreError> {
         let id = artifact.id();
         let received_at_ms = verdict.received_at_ms;
         let mut next_seq = self.writer.lock().expect("writer lock");
@@ -189,16 +211,41 @@ impl Store {
         }
         batch.put_cf(self.cf(CF_LOG), log_key(*next_seq, LOG_ARTIFACT, &id.0), []);
         batch.put_cf(self.cf(CF_VERDICTS), id.0, serde_json::to_vec(verdict).expect("serialisable"));
+        if let Some(duty) = duty {
+            self.batch_duty(&mut batch, duty)?;
+        }
         self.db.write_opt(batch, &self.writes)?;
         *next_seq += 1;
         Ok(true)
     }
 
-    /// Stores a checked vote with a log entry and, when its artifact is
-    /// stored, the artifact's new verdict, in one batch; `false` if the vote
-    /// was already there (nothing is rewritten).
-    pub fn put_vote(&self, vote: &Vote, verdict: Option<&VerdictRecord>) -> Result<bool, StoreError> {
-        let key = vote_key(&vote.body.artifact_id, &vote.id());
+    /// Stores a checked vote on a stored artifact with a log entry, the
+    /// artifact's new verdict and the full check the vote makes this
+    /// validator owe, in one batch; `false` if the vote was already there
+    /// (nothing is rewritten).
+    pub fn put_vote(&self, vote: &Vote, verdict: &VerdictRecord, duty: Option<&Duty>) -> Result<bool, StoreError> {
+        self.write_vote(vote, verdict, |batch| duty.map_or(Ok(()), |duty| self.batch_duty(batch, duty)), &self.writes)
+    }
+
+    /// Stores this validator's own vote as `put_vote` does, deletes the duty
+    /// it discharges, and fsyncs the batch whatever `--sync-writes` says:
+    /// once it returns, a restart knows this node voted, so the vote may
+    /// leave the node.
+    pub fn put_own_vote(&self, vote: &Vote, verdict: &VerdictRecord) -> Result<bool, StoreError> {
+        let mut durable = WriteOptions::default();
+        durable.set_sync(true);
+        let id = vote.body.artifact_id;
+        self.write_vote(vote, verdict, |batch| self.batch_discharge(batch, &id), &durable)
+    }
+
+    fn write_vote(
+        &self,
+        vote: &Vote,
+        verdict: &VerdictRecord,
+        extra: impl FnOnce(&mut WriteBatch) -> Result<(), StoreError>,
+        options: &WriteOptions,
+    ) -> Result<bool, StoreError> {
+        let key = vote_key(&vote.body.artifact_id, &vote.body.validator, &vote.id());
         let mut next_seq = self.writer.lock().expect("writer lock");
         if self.db.get_pinned_cf(self.cf(CF_VOTES), &key)?.is_some() {
             return Ok(false);
@@ -206,21 +253,17 @@ impl Store {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_VOTES), &key, vote.encode());
         batch.put_cf(self.cf(CF_LOG), log_key(*next_seq, LOG_VOTE, &key), []);
-        if let Some(verdict) = verdict {
-            batch.put_cf(
-                self.cf(CF_VERDICTS),
-                vote.body.artifact_id.0,
-                serde_json::to_vec(verdict).expect("serialisable"),
-            );
-        }
-        self.db.write_opt(batch, &self.writes)?;
+        batch.put_cf(self.cf(CF_VERDICTS), vote.body.artifact_id.0, serde_json::to_vec(verdict).expect("serialisable"));
+        extra(&mut batch)?;
+        self.db.write_opt(batch, options)?;
         *next_seq += 1;
         Ok(true)
     }
 
-    pub fn has_vote(&self, vote: &Vote) -> Result<bool, StoreError> {
-        let key = vote_key(&vote.body.artifact_id, &vote.id());
-        Ok(self.db.get_pinned_cf(self.cf(CF_VOTES), key)?.is_some())
+    /// One validator's stored votes on an artifact (at most two: the first
+    /// and one conflicting, as the pipeline admits them).
+    pub fn votes_by(&self, artifact_id: &ArtifactId, validator: &PublicKey) -> Result<Vec<Vote>, StoreError> {
+        self.votes_with_prefix(&[&artifact_id.0[..], &validator.0[..]].concat())
     }
 
     pub fn has_artifact(&self, id: &ArtifactId) -> Result<bool, StoreError> {
@@ -239,11 +282,17 @@ impl Store {
             .map_err(|e| StoreError::Corrupt { what: "artifact", detail: e.to_string() })
     }
 
+    /// Every stored vote on an artifact: at most two per validator of the
+    /// chain, so the list is bounded by the validator set.
     pub fn votes(&self, artifact_id: &ArtifactId) -> Result<Vec<Vote>, StoreError> {
+        self.votes_with_prefix(&artifact_id.0)
+    }
+
+    fn votes_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vote>, StoreError> {
         let mut votes = Vec::new();
-        for item in self.db.prefix_iterator_cf(self.cf(CF_VOTES), artifact_id.0) {
+        for item in self.db.iterator_cf(self.cf(CF_VOTES), IteratorMode::From(prefix, Direction::Forward)) {
             let (key, value) = item?;
-            if !key.starts_with(&artifact_id.0) {
+            if !key.starts_with(prefix) {
                 break;
             }
             votes.push(Vote::decode(&value).map_err(|e| StoreError::Corrupt { what: "vote", detail: e.to_string() })?);
@@ -367,6 +416,7 @@ impl VerdictRecord {
             miner: miner.to_hex(),
             seeding,
             status: outcome.status,
+            is_final: outcome.is_final,
             counted_votes: outcome.counted.clone(),
             voters,
             equivocators: outcome.equivocators.clone(),

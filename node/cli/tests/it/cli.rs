@@ -118,7 +118,10 @@ fn keys_generate_and_show() {
     let out = poi(&["keys", "generate", "--out", key.to_str().unwrap()]);
     assert!(out.status.success());
     let public = stdout(&out).trim().to_string();
-    assert_eq!(public.len(), 64);
+    let entry: serde_json::Value = serde_json::from_str(&public).unwrap();
+    assert_eq!(entry["public_key"].as_str().unwrap().len(), 64, "{public}");
+    assert_eq!(entry["vrf_key"].as_str().unwrap().len(), 64, "{public}");
+    assert_eq!(entry["weight"], 1);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

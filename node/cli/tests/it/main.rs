@@ -7,6 +7,7 @@ mod cli;
 mod crash;
 mod devnet;
 mod mine;
+mod recheck;
 
 use std::process::{Command, Output};
 

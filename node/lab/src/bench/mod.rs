@@ -10,6 +10,7 @@ use clap::Subcommand;
 mod model;
 mod network;
 mod store;
+mod votes;
 use poi_artifact::{f16, ArtifactBody, Candidate, FinishReason, Generation, Keypair, Request};
 use poi_chain_spec::ChainSpec;
 use poi_verifier::{distance2, TopLogprobs};
@@ -41,6 +42,10 @@ pub enum BenchCommand {
     /// Store writes (one batch per artifact, as the node writes them) without
     /// and with an fsync per batch (`poi node --sync-writes`), side by side.
     Store(store::Args),
+    /// Vote floods against one node's pipeline (DESIGN §7b), side by side
+    /// with no flood: votes kept, store size, time spent, honest verdict
+    /// latency.
+    Votes(votes::Args),
 }
 
 #[derive(Deserialize)]
@@ -86,6 +91,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Model(args) => return model::run(args),
         BenchCommand::Network(args) => return network::run(args),
         BenchCommand::Store(args) => return store::run(args),
+        BenchCommand::Votes(args) => return votes::run(args),
     };
     let text = std::fs::read_to_string(&vectors).with_context(|| format!("reading {}", vectors.display()))?;
     let file: VectorFile = serde_json::from_str(&text).context("not a distance2 vector file")?;

@@ -59,7 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             let class = SeedingClass::RequesterBound;
             let outcome = verdict(&spec, &id, class, &votes);
             let record = VerdictRecord::new(&id, &artifact.body.miner, class, &outcome, &votes, at, at);
-            store.put_artifact(artifact, &record)?;
+            store.put_artifact(artifact, &record, None)?;
             latencies.push(write.elapsed().as_secs_f64() * 1e3);
         }
         let rate = artifacts.len() as f64 / started.elapsed().as_secs_f64();
