@@ -156,7 +156,7 @@ impl SelectionOutput {
         if rate >= 1.0 {
             return true;
         }
-        if !(rate > 0.0) {
+        if rate.is_nan() || rate <= 0.0 {
             return false;
         }
         let top = u128::from_be_bytes(self.0[..16].try_into().expect("16 bytes"));

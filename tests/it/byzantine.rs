@@ -149,9 +149,10 @@ async fn equivocating_and_unproven_votes_over_gossip_count_for_nothing() {
 /// The vote-flood attack over gossip: a validator's key in a misbehaving
 /// peer's hands sends 1000 different votes on one artifact and 1000 on ids
 /// that do not exist. Every node keeps two of the first kind (the first and
-/// the proof of equivocation); the first node drops the rest unchecked and
-/// unforwarded, so the others never see them; an honest artifact submitted
-/// after the flood still gets its votes and verdict everywhere.
+/// the proof of equivocation) and drops the rest before any signature work;
+/// the votes on unknown ids wait within the flooder's share; an honest
+/// artifact submitted after the flood still gets its votes and final verdict
+/// everywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vote_flood_keeps_two_votes_per_validator_and_honest_verdicts_flow() {
     const FLOOD: u64 = 1000;
@@ -202,12 +203,31 @@ async fn a_vote_flood_keeps_two_votes_per_validator_and_honest_verdicts_flow() {
         assert_eq!((honest_verdict.status, honest_verdict.is_final), (Status::Accepted, true));
         assert!(node.metrics.votes_pending.get() <= poi_node::pipeline::PENDING_VOTES as i64);
     }
-    assert_eq!(over(&nodes[0]), FLOOD - 2, "the first node dropped the rest of the flood on the artifact");
-    for node in &nodes[1..] {
-        assert!(over(node) < 10, "the flood was not forwarded: {} over the limit", over(node));
+    for node in &nodes {
+        // Each node that heard the flood counted the rest of it, unchecked.
+        let heard = node.metrics.votes_rejected.get_or_create(&SourceLabel { source: "gossip" }).get();
+        assert_eq!(heard, 0, "every flood vote was valid");
+        assert!(over(node) == 0 || over(node) >= FLOOD - 2, "{}", over(node));
     }
+    assert!(over(&nodes[0]) >= FLOOD - 2, "the node the flooder joined dropped the rest of the flood");
     drop(evil);
     for node in nodes {
         node.stop().await;
+    }
+}
+
+/// A validator whose chain spec lists another VRF key for it would cast
+/// votes that every node refuses; it refuses to start instead, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_spec_lists_another_vrf_key_refuses_to_start() {
+    let mut spec = ChainSpec::local_devnet(4, 0.5).unwrap();
+    spec.validators[0].vrf_key = Keypair::from_secret([42; 32]).vrf().public();
+    let dir = tempfile::tempdir().unwrap();
+    match start(poi_tests::node_config(&spec, 0, dir.path(), &[])).await {
+        Err(err @ poi_node::service::StartError::WrongVrfKey { .. }) => {
+            assert!(err.to_string().contains("poi keys show"), "{err}")
+        }
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("started with a VRF key that is not its own"),
     }
 }

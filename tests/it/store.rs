@@ -42,11 +42,12 @@ fn selected(id: &ArtifactId) -> Option<Keypair> {
 /// An artifact (from seed `from` on) that some devnet validator is selected
 /// for, with that validator.
 fn selected_artifact(from: u64) -> (Artifact, Keypair) {
-    (from..).find_map(|seed| {
-        let artifact = artifact(seed);
-        selected(&artifact.id()).map(|key| (artifact, key))
-    })
-    .unwrap()
+    (from..)
+        .find_map(|seed| {
+            let artifact = artifact(seed);
+            selected(&artifact.id()).map(|key| (artifact, key))
+        })
+        .unwrap()
 }
 
 /// A store and the pipeline that decides what goes into it, as a node has.

@@ -197,7 +197,12 @@ pub fn verdict(spec: &ChainSpec, artifact_id: &ArtifactId, seeding: SeedingClass
 }
 
 /// [`verdict`] over votes checked already (a node's own store).
-pub fn tally(spec: &ChainSpec, artifact_id: &ArtifactId, seeding: SeedingClass, votes: &[CheckedVote]) -> VerdictOutcome {
+pub fn tally(
+    spec: &ChainSpec,
+    artifact_id: &ArtifactId,
+    seeding: SeedingClass,
+    votes: &[CheckedVote],
+) -> VerdictOutcome {
     let rate = seeding.full_check_rate(spec);
     let mut by_validator: BTreeMap<[u8; 32], Vec<&CheckedVote>> = BTreeMap::new();
     for checked in votes.iter().filter(|c| c.vote.body.artifact_id == *artifact_id) {

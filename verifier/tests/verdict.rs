@@ -82,6 +82,9 @@ fn selection_rate_is_close_to_the_spec() {
     let hits = (0u32..n).filter(|i| selection(&vrf, &sha256(&i.to_le_bytes()), spec.full_check_rate).0).count();
     let rate = hits as f64 / f64::from(n);
     assert!((rate - spec.full_check_rate).abs() < 0.03, "rate {rate}");
+    let id = sha256(b"x");
+    let output = vrf.public().verify(&id, &vrf.prove(&id)).unwrap();
+    assert!(output.selects(1.0) && !output.selects(0.0) && !output.selects(f64::NAN), "NaN selects nobody");
 }
 
 /// The attack on the rule before this one, which selected `v` iff a hash of
@@ -196,7 +199,10 @@ fn a_miner_grinding_its_artifact_cannot_choose_who_decides_a_dispute() {
         let deciders = poi_verifier::verdict::dispute_deciders(&spec);
         best_new = best_new.max(colluding_share(&deciders));
     }
-    eprintln!("this rule: colluders hold at most {:.1} % of the deciding weight over {bodies} bodies", 100.0 * best_new);
+    eprintln!(
+        "this rule: colluders hold at most {:.1} % of the deciding weight over {bodies} bodies",
+        100.0 * best_new
+    );
     assert!(best_new <= 0.10, "no more than the colluders' own weight: {best_new}");
 }
 

@@ -158,16 +158,7 @@ impl Pipeline {
     ) -> Self {
         let (verdicts, _) = broadcast::channel(1024);
         let ledger = Mutex::new(PendingVotes::new(spec.validators.len()));
-        Self {
-            store,
-            spec,
-            checkers: Mutex::new(Vec::new()),
-            ledger,
-            verdicts,
-            metrics,
-            validator,
-            admission,
-        }
+        Self { store, spec, checkers: Mutex::new(Vec::new()), ledger, verdicts, metrics, validator, admission }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -392,8 +383,16 @@ impl Pipeline {
             })
             .collect::<Result<_, _>>()?;
         let outcome = tally(&self.spec, &id, previous.seeding, &checked);
-        let record = VerdictRecord::new(&id, &previous.miner()?, previous.seeding, &outcome, &votes, previous.received_at_ms, now)
-            .with_evidence(previous.evidence);
+        let record = VerdictRecord::new(
+            &id,
+            &previous.miner()?,
+            previous.seeding,
+            &outcome,
+            &votes,
+            previous.received_at_ms,
+            now,
+        )
+        .with_evidence(previous.evidence);
         Ok((record, votes))
     }
 
@@ -415,7 +414,8 @@ impl Pipeline {
     /// different vote would be equivocation. Returns whether it was stored
     /// (and so may be gossiped: only a vote that is durable leaves the node).
     pub fn ingest_own_vote(&self, vote: &Vote) -> Result<bool, IngestError> {
-        let checked = CheckedVote::check(&self.spec, vote.clone()).map_err(|e| IngestError::InvalidVote(e.to_string()))?;
+        let checked =
+            CheckedVote::check(&self.spec, vote.clone()).map_err(|e| IngestError::InvalidVote(e.to_string()))?;
         let id = vote.body.artifact_id;
         let _pending = self.ledger.lock().expect("ledger lock");
         if !self.store.votes_by(&id, &vote.body.validator)?.is_empty() {

@@ -80,7 +80,7 @@ fn write_key(path: &Path, key: &Keypair) {
 /// `needle=value` in a tracing line, up to the next space.
 fn field<'a>(line: &'a str, needle: &str) -> &'a str {
     let start = line.find(needle).unwrap_or_else(|| panic!("{needle} in {line}")) + needle.len();
-    line[start..].split([' ', ',', ']']).next().unwrap()
+    line[start..].split([' ', ',', ']', ')']).next().unwrap()
 }
 
 /// A requester-bound artifact with one candidate list edited (the replay

@@ -96,12 +96,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => tempfile::tempdir(),
     }
     .context("creating a directory for the stores")?;
-    println!("{:<34} {:>10} {:>12} {:>12} {:>14} {:>14}", "case", "votes kept", "store bytes", "flood s", "honest p50 ms", "honest p99 ms");
-    let cases: [(&str, &[Vec<u8>]); 3] = [
-        ("no flood", &[]),
-        ("flood on one artifact", &on_one),
-        ("flood on ids that do not exist", &nowhere),
-    ];
+    println!(
+        "{:<34} {:>10} {:>12} {:>12} {:>14} {:>14}",
+        "case", "votes kept", "store bytes", "flood s", "honest p50 ms", "honest p99 ms"
+    );
+    let cases: [(&str, &[Vec<u8>]); 3] =
+        [("no flood", &[]), ("flood on one artifact", &on_one), ("flood on ids that do not exist", &nowhere)];
     for (index, (name, flood)) in cases.into_iter().enumerate() {
         let dir = parent.path().join(format!("case-{index}"));
         let store = Arc::new(Store::open(&dir, spec.clone())?);
@@ -124,12 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         let kept = pipeline.store().votes(&target.artifact.id())?.len() as i64 + pipeline.metrics().votes_pending.get();
         let at = |q: f64| quantile(&latencies, q).unwrap_or(f64::NAN);
-        println!(
-            "{name:<34} {kept:>10} {:>12} {flood_s:>12.3} {:>14.3} {:>14.3}",
-            dir_bytes(&dir),
-            at(0.5),
-            at(0.99)
-        );
+        println!("{name:<34} {kept:>10} {:>12} {flood_s:>12.3} {:>14.3} {:>14.3}", dir_bytes(&dir), at(0.5), at(0.99));
     }
     println!("(votes kept: stored on the flooded artifact plus waiting for unknown ones; one thread)");
     Ok(ExitCode::SUCCESS)
