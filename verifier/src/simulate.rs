@@ -157,3 +157,31 @@ fn standard_normal(rng: &mut StdRng) -> f64 {
     let (u, v): (f64, f64) = (1.0 - rng.gen::<f64>(), rng.gen());
     (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
 }
+
+/// A vote by `validator` on `artifact` under the chain's profile, with its
+/// VRF proof and clean figures: what an honest validator signs, for tests
+/// and benchmarks that need many.
+pub fn vote(
+    spec: &ChainSpec,
+    validator: &Keypair,
+    artifact: &poi_artifact::ArtifactId,
+    verdict: poi_artifact::Verdict,
+    created_at_ms: u64,
+) -> poi_artifact::Vote {
+    poi_artifact::VoteBody {
+        chain_id: spec.chain_id(),
+        artifact_id: *artifact,
+        validator: validator.public(),
+        selection_proof: validator.vrf().prove(artifact),
+        verdict,
+        figures: poi_artifact::VoteFigures {
+            distance: 0.0,
+            match_ratio: 1.0,
+            surprisal_z: 0.0,
+            profile_id: spec.numerics.label(),
+            reason: String::new(),
+        },
+        created_at_ms,
+    }
+    .sign(validator)
+}

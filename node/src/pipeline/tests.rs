@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use poi_artifact::{sha256, Verdict, VoteBody, VoteFigures};
+use poi_artifact::{sha256, Verdict};
 use poi_chain_spec::{devnet_keypair, ChainSpec};
 use poi_verifier::simulate::{build, forged, Chooser};
 
@@ -75,23 +75,7 @@ fn spec_at(rate: f64) -> ChainSpec {
 }
 
 fn vote(spec: &ChainSpec, index: u32, artifact: &ArtifactId, verdict: Verdict, at: u64) -> Vote {
-    let key = devnet_keypair(index);
-    VoteBody {
-        chain_id: spec.chain_id(),
-        artifact_id: *artifact,
-        validator: key.public(),
-        selection_proof: key.vrf().prove(artifact),
-        verdict,
-        figures: VoteFigures {
-            distance: 0.0,
-            match_ratio: 1.0,
-            surprisal_z: 0.0,
-            profile_id: spec.numerics.label(),
-            reason: String::new(),
-        },
-        created_at_ms: at,
-    }
-    .sign(&key)
+    poi_verifier::simulate::vote(spec, &devnet_keypair(index), artifact, verdict, at)
 }
 
 #[test]

@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{ensure, Context};
-use poi_artifact::{sha256, ArtifactId, Keypair, Verdict, Vote, VoteBody, VoteFigures};
+use poi_artifact::{sha256, Keypair, Verdict};
 use poi_chain_spec::{devnet_keypair, ChainSpec};
 use poi_node::metrics::Metrics;
 use poi_node::pipeline::{Admission, Pipeline, Source};
 use poi_node::store::Store;
-use poi_verifier::simulate::{build, Chooser};
+use poi_verifier::simulate::{self, build, Chooser};
 
 use crate::stats::quantile;
 
@@ -38,25 +38,6 @@ pub struct Args {
     dir: Option<PathBuf>,
 }
 
-fn vote(spec: &ChainSpec, key: &Keypair, artifact: &ArtifactId, verdict: Verdict, at: u64) -> Vote {
-    VoteBody {
-        chain_id: spec.chain_id(),
-        artifact_id: *artifact,
-        validator: key.public(),
-        selection_proof: key.vrf().prove(artifact),
-        verdict,
-        figures: VoteFigures {
-            distance: 0.0,
-            match_ratio: 1.0,
-            surprisal_z: 0.0,
-            profile_id: spec.numerics.label(),
-            reason: String::new(),
-        },
-        created_at_ms: at,
-    }
-    .sign(key)
-}
-
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
@@ -70,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let target = build(&spec, 64, 1, Chooser::Seeded);
     eprintln!("signing the floods ({} + {} votes)…", args.one_artifact, args.random_ids);
     let on_one: Vec<Vec<u8>> = {
-        let template = vote(&spec, &flooder, &target.artifact.id(), Verdict::Accept, 0);
+        let template = simulate::vote(&spec, &flooder, &target.artifact.id(), Verdict::Accept, 0);
         (0..args.one_artifact)
             .map(|at| {
                 let mut body = template.body.clone();
@@ -80,13 +61,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .collect()
     };
     let nowhere: Vec<Vec<u8>> = (0..args.random_ids)
-        .map(|i| vote(&spec, &flooder, &sha256(&i.to_le_bytes()), Verdict::Reject, i).encode())
+        .map(|i| simulate::vote(&spec, &flooder, &sha256(&i.to_le_bytes()), Verdict::Reject, i).encode())
         .collect();
     let honest_keys: Vec<Keypair> = (0..3).map(devnet_keypair).collect();
     let honest: Vec<(Vec<u8>, Vec<Vec<u8>>)> = (0..args.honest)
         .map(|seed| {
             let built = build(&spec, 64, 1000 + seed, Chooser::Seeded);
-            let votes = honest_keys.iter().map(|k| vote(&spec, k, &built.artifact.id(), Verdict::Accept, 1).encode());
+            let votes =
+                honest_keys.iter().map(|k| simulate::vote(&spec, k, &built.artifact.id(), Verdict::Accept, 1).encode());
             (built.bytes, votes.collect())
         })
         .collect();
