@@ -103,10 +103,6 @@ impl CheckedVote {
         &self.vote
     }
 
-    pub fn into_vote(self) -> Vote {
-        self.vote
-    }
-
     /// Whether the vote's VRF output selects its validator at `rate`.
     pub fn selected_at(&self, rate: f64) -> bool {
         self.output.selects(rate)

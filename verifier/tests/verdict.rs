@@ -142,7 +142,7 @@ fn a_validator_cannot_grind_its_selection() {
 /// artifact's `created_at_ms` (no generation needed) until the committee
 /// holds its colluders. 100 validators of equal weight, 10 colluding.
 /// The rule before this one (the 3 validators with the lowest
-/// `SHA256("poi/committee/v1" || id || key)`) is won in a few thousand
+/// `SHA256("poi/committee/v1" || id || key)`) is won in a few hundred
 /// bodies; under this one the whole set decides every dispute, and over
 /// 10^6 ground bodies the colluders' share of the deciding weight never
 /// exceeds their 10 %.

@@ -1,8 +1,9 @@
 //! A running node. The network layer's event loop owns the swarm; the
 //! [`router`] takes what it hears and hands checks, storage and sync paging
 //! to a fixed pool of validation threads fed by a bounded queue; the model
-//! runs on the scheduler's own pool, and this validator's votes have one
-//! owner ([`own_votes`]). Nothing here waits on the swarm: when the
+//! runs on the scheduler's own pool over the checks owed in the store, and
+//! this validator's votes are stored, fsynced, before they are gossiped
+//! ([`own_votes`]). Nothing here waits on the swarm: when the
 //! validation queue is full, gossip is ignored (not penalised), a peer's sync
 //! request is dropped and this node's own sync waits for the next tick.
 

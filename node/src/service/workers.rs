@@ -70,7 +70,8 @@ fn run(pipeline: &Pipeline, jobs: &Mutex<mpsc::Receiver<Job>>, done: &mpsc::Send
         let result = match job {
             Job::Gossip { topic, message_id, source, data } => {
                 let acceptance = match ingest(pipeline, topic, &data, Source::Gossip) {
-                    Ok(()) => MessageAcceptance::Accept,
+                    Ok(true) => MessageAcceptance::Accept,
+                    Ok(false) => MessageAcceptance::Ignore,
                     Err(err) if err.is_peer_fault() => {
                         tracing::debug!(%source, %err, "invalid gossip");
                         MessageAcceptance::Reject
@@ -105,10 +106,13 @@ fn run(pipeline: &Pipeline, jobs: &Mutex<mpsc::Receiver<Job>>, done: &mpsc::Send
     }
 }
 
-fn ingest(pipeline: &Pipeline, topic: Topic, bytes: &[u8], source: Source) -> Result<(), IngestError> {
+/// Checks and stores an object; `Ok(true)` if gossip should carry it on (a
+/// vote over the bound of two per validator, or refused by the waiting
+/// buffer, is not).
+fn ingest(pipeline: &Pipeline, topic: Topic, bytes: &[u8], source: Source) -> Result<bool, IngestError> {
     match topic {
-        Topic::Artifacts => pipeline.ingest_artifact(bytes, source).map(|_| ()),
-        Topic::Votes => pipeline.ingest_vote(bytes, source).map(|_| ()),
+        Topic::Artifacts => pipeline.ingest_artifact(bytes, source).map(|_| true),
+        Topic::Votes => pipeline.ingest_vote(bytes, source).map(|outcome| outcome.forward()),
     }
 }
 
@@ -127,7 +131,7 @@ fn sync_page(pipeline: &Pipeline, peer: PeerId, from: u64, page: SyncResponse) -
                 bad += 1;
             }
             Err(err) => tracing::error!(%err, "storing synced entry"),
-            Ok(()) => {}
+            Ok(_) => {}
         }
     }
     if bad == 0 && page.next != from {

@@ -221,7 +221,7 @@ async fn drive(args: &Args, spec: &ChainSpec, miner: &Miner, nodes: &[NodeHandle
             }
         }
     }
-    // Verdicts settle once every selected check and committee re-check ran.
+    // Verdicts settle once every selected check and dispute re-check ran.
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut quiet_since = Instant::now();
     while Instant::now() < deadline {
