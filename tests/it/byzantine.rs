@@ -59,23 +59,22 @@ async fn a_minority_voting_wrongly_does_not_change_any_verdict() {
         expected.push((artifact.id(), if honest { Status::Accepted } else { Status::Rejected }));
     }
 
-    // Settled: every node holds all four validators' votes on every artifact.
+    // Settled: every node holds a final verdict on every artifact. A
+    // validator whose check comes after finality drops it unrun, so the liar
+    // may or may not have voted; either way its vote decides nothing.
     let settled = |n: &NodeHandle| {
-        expected.iter().all(|(id, _)| {
-            n.pipeline.store().verdict(id).unwrap().is_some_and(|v| v.voters.len() == VALIDATORS as usize)
-        })
+        expected.iter().all(|(id, _)| n.pipeline.store().verdict(id).unwrap().is_some_and(|v| v.is_final))
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while !nodes.iter().all(settled) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(nodes.iter().all(settled), "votes did not settle within 60 s");
-    let liar = devnet_keypair(LIAR).public().to_hex();
+    assert!(nodes.iter().all(settled), "verdicts not final within 60 s");
     for node in &nodes {
         for (id, status) in &expected {
             let verdict = node.pipeline.store().verdict(id).unwrap().unwrap();
             assert_eq!(verdict.status, *status, "{verdict:?}");
-            assert!(verdict.voters.contains(&liar), "the liar's vote counted but did not decide");
+            assert!(verdict.voters.len() >= 3, "three honest votes make it final: {verdict:?}");
         }
     }
     for node in nodes {

@@ -176,7 +176,8 @@ async fn a_flooding_peer_is_graylisted_and_honest_artifacts_still_flow() {
 }
 
 /// Every validator selected (rate 1): each re-runs the real model, votes are
-/// gossiped, and every node computes the same verdict from the same votes.
+/// gossiped, and every node reaches the same final verdict (a validator
+/// whose check comes after finality drops it unrun).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn votes_from_the_real_model_converge_to_one_verdict_on_every_node() {
     let spec = ChainSpec::local_devnet(3, 1.0).unwrap();
@@ -194,14 +195,14 @@ async fn votes_from_the_real_model_converge_to_one_verdict_on_every_node() {
     let id = built.artifact.id();
     submit(&nodes[1], &built.bytes).await;
     let settled = eventually(Duration::from_secs(120), || {
-        nodes.iter().all(|n| n.pipeline.store().votes(&id).unwrap().len() == 3)
+        nodes.iter().all(|n| n.pipeline.store().verdict(&id).unwrap().is_some_and(|v| v.is_final))
     })
     .await;
-    assert!(settled, "every node holds all three votes");
+    assert!(settled, "every node holds a final verdict");
     for node in &nodes {
         let record = node.pipeline.store().verdict(&id).unwrap().unwrap();
         assert_eq!(record.status, Status::Rejected);
-        assert_eq!(record.voters.len(), 3);
+        assert!(record.voters.len() >= 2, "two of three rejects make it final: {record:?}");
         assert!(record.equivocators.is_empty());
     }
     for node in nodes {
