@@ -110,12 +110,13 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
             .with_sync_writes(config.sync_writes),
     );
     let key = Arc::new(Keypair::from_secret(config.key.secret()));
+    let vrf = Arc::new(key.vrf());
     let scheduler = config.checker.clone().map(|checker| {
         Scheduler::new(SchedulerConfig {
             workers: config.full_check_workers,
             checker,
             key: key.clone(),
-            vrf: Arc::new(key.vrf()),
+            vrf: vrf.clone(),
             spec: config.spec.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
@@ -123,7 +124,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
     });
     let validator = scheduler.as_ref().map(|scheduler| Validator {
         key: key.clone(),
-        vrf: Arc::new(key.vrf()),
+        vrf: vrf.clone(),
         duties: Arc::new(scheduler.clone()),
     });
     let pipeline = Arc::new(Pipeline::new(store, config.spec.clone(), metrics.clone(), validator, config.admission));

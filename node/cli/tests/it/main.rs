@@ -11,6 +11,22 @@ mod recheck;
 
 use std::process::{Command, Output};
 
+/// The artifact's middle candidate list with one real candidate (not the
+/// chosen one) replaced by a token the model never ranked there, at the same
+/// value: the steering edit the full check must catch. Returns the edited
+/// body, the position and the token that was replaced.
+fn edit_middle_list(artifact: &poi_artifact::Artifact) -> (poi_artifact::ArtifactBody, usize, u32) {
+    let mut body = artifact.body.clone();
+    let mut positions = body.generation.to_positions();
+    let position = positions.len() / 2;
+    let (list, chosen) = &mut positions[position];
+    let slot = if *chosen == 19 { 18 } else { 19 };
+    let replaced = list[slot].token;
+    list[slot].token = (40_000..).find(|t| list.iter().all(|c| c.token != *t)).unwrap();
+    body.generation = poi_artifact::Generation::new(body.generation.k(), &positions).unwrap();
+    (body, position, replaced)
+}
+
 /// Runs the `poi` binary this package built, to completion.
 fn poi(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_poi")).args(args).output().expect("poi runs")

@@ -4,7 +4,7 @@
 use std::process::Output;
 
 use crate::poi;
-use poi_artifact::{Artifact, Generation, Keypair};
+use poi_artifact::{Artifact, Keypair};
 
 fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
@@ -74,14 +74,7 @@ fn verify_full_rejects_one_edited_candidate_list_and_accepts_the_untouched_artif
     assert!(text(&out).contains("ACCEPT (full check)"), "{}", text(&out));
 
     let artifact = Artifact::decode(&std::fs::read(&honest).unwrap(), 1 << 20).unwrap();
-    let mut body = artifact.body.clone();
-    let mut positions = body.generation.to_positions();
-    let position = positions.len() / 2;
-    let (list, chosen) = &mut positions[position];
-    let slot = if *chosen == 19 { 18 } else { 19 };
-    let replaced = list[slot].token;
-    list[slot].token = (40_000..).find(|t| list.iter().all(|c| c.token != *t)).unwrap();
-    body.generation = Generation::new(body.generation.k(), &positions).unwrap();
+    let (body, position, replaced) = crate::edit_middle_list(&artifact);
     let key = poi_cli_key(&key_path);
     let edited = dir.path().join("edited.bin");
     std::fs::write(&edited, body.sign(&key).encode()).unwrap();

@@ -12,7 +12,7 @@ use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 use jsonrpsee::http_client::HttpClientBuilder;
-use poi_artifact::{Artifact, Generation, Keypair};
+use poi_artifact::{Artifact, Keypair};
 use poi_chain_spec::{devnet_keypair, devnet_requester, ChainSpec};
 use poi_rpc_api::{PoiApiClient, Status, SubmitResult};
 use poi_verifier::verdict::selection;
@@ -106,13 +106,7 @@ fn fraud(spec: &ChainSpec, spec_path: &Path, dir: &Path) -> Artifact {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let artifact = Artifact::decode(&std::fs::read(&out_path).unwrap(), 1 << 20).unwrap();
-        let mut body = artifact.body.clone();
-        let mut positions = body.generation.to_positions();
-        let middle = positions.len() / 2;
-        let (list, chosen) = &mut positions[middle];
-        let slot = if *chosen == 19 { 18 } else { 19 };
-        list[slot].token = (40_000..).find(|t| list.iter().all(|c| c.token != *t)).unwrap();
-        body.generation = Generation::new(body.generation.k(), &positions).unwrap();
+        let (body, _, _) = crate::edit_middle_list(&artifact);
         let edited = body.sign(&miner);
         let id = edited.id();
         let rate = spec.full_check_rate;
