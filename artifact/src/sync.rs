@@ -1,6 +1,8 @@
-//! The catch-up sync protocol's messages (`/poi/sync/1` over libp2p
+//! The catch-up sync protocol's messages (`/poi/sync/2` over libp2p
 //! request-response, CBOR-encoded): a peer asks for its log from a sequence
-//! number and gets a page of canonical artifact and vote bytes.
+//! number and gets a page of canonical artifact and vote bytes, with the
+//! epoch that names the log (a peer whose data dir was made anew has another
+//! and is read again from 0).
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +20,7 @@ pub enum SyncEntry {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncResponse {
+    pub epoch: u64,
     pub entries: Vec<SyncEntry>,
     pub next: u64,
     pub more: bool,

@@ -271,7 +271,19 @@ impl ChainSpec {
     pub fn is_requester(&self, key: &PublicKey) -> bool {
         self.seeding.requesters.contains(key)
     }
+
+    /// Whether a validator key of this chain is one of the well-known devnet
+    /// keys ([`devnet_keypair`], the first [`DEVNET_KEYS_CHECKED`]), whose
+    /// secrets anyone can derive: such a chain is for testing only.
+    pub fn lists_devnet_keys(&self) -> bool {
+        let devnet: std::collections::HashSet<PublicKey> =
+            (0..DEVNET_KEYS_CHECKED).map(|i| devnet_keypair(i).public()).collect();
+        self.validators.iter().any(|v| devnet.contains(&v.public_key))
+    }
 }
+
+/// How many devnet key indexes [`ChainSpec::lists_devnet_keys`] looks for.
+pub const DEVNET_KEYS_CHECKED: u32 = 256;
 
 /// The devnet's well-known requester key (in the shipped spec's requester
 /// set): `poi mine --bind` signs with it. Insecure by design, like the

@@ -166,3 +166,14 @@ fn required_seeding_needs_a_requester_and_requesters_are_distinct() {
     value["seeding"]["policy"] = json!("sometimes");
     assert!(matches!(load(&value), Err(LoadError::Json(_))));
 }
+
+#[test]
+fn devnet_keys_are_recognised_and_other_keys_are_not() {
+    assert!(ChainSpec::devnet().lists_devnet_keys());
+    assert!(ChainSpec::local_devnet(5, 1.0).unwrap().lists_devnet_keys());
+    let mut spec = ChainSpec::devnet();
+    spec.validators = (0..4).map(|_| poi_chain_spec::Validator::of(&poi_artifact::Keypair::generate(), 1)).collect();
+    assert!(!spec.lists_devnet_keys());
+    spec.validators.push(poi_chain_spec::Validator::of(&devnet_keypair(200), 1));
+    assert!(spec.lists_devnet_keys(), "one public key among private ones is enough to refuse");
+}

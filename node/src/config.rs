@@ -14,7 +14,7 @@ use poi_chain_spec::ChainSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::Admission;
-use crate::rpc::RpcLimits;
+use crate::rpc::{Rate, RpcConfig, RpcLimits};
 use crate::scheduler::FullChecker;
 
 /// An operator's settings; absent keys take the defaults of [`Default`].
@@ -38,8 +38,18 @@ pub struct Settings {
     pub rpc: SocketAddr,
     /// JSON-RPC calls per second across all clients; 0 is unlimited.
     pub rpc_rate: u32,
-    /// JSON-RPC calls per second on one WebSocket connection; 0 is unlimited.
+    /// JSON-RPC calls per second from one client IP; 0 is unlimited.
+    pub rpc_rate_per_ip: u32,
+    /// JSON-RPC calls per second on one connection; 0 is unlimited.
     pub rpc_rate_per_connection: u32,
+    /// JSON-RPC request MiB per second across all clients; 0 is unlimited.
+    pub rpc_mib_rate: u32,
+    pub rpc_mib_rate_per_ip: u32,
+    pub rpc_mib_rate_per_connection: u32,
+    /// Web origins whose pages may call the node (the `Origin` header of a
+    /// WebSocket handshake or cross-site request); `"*"` allows any. None by
+    /// default: a request carrying an `Origin` is refused.
+    pub rpc_allow_origins: Vec<String>,
     pub metrics: Option<SocketAddr>,
     pub full_check_workers: usize,
     /// Seconds an artifact's signed creation time may lie before this node's
@@ -65,7 +75,14 @@ impl Default for Settings {
             // Well above what honest tooling needs (a replay check costs
             // ~0.1 ms), low enough that one client cannot take the node's CPU.
             rpc_rate: 2000,
+            rpc_rate_per_ip: 1000,
             rpc_rate_per_connection: 500,
+            // An artifact of 256 tokens is ~25 KB in hex: 64 MiB/s is over
+            // 2500 submits a second, and one client IP gets half of it.
+            rpc_mib_rate: 64,
+            rpc_mib_rate_per_ip: 32,
+            rpc_mib_rate_per_connection: 16,
+            rpc_allow_origins: Vec::new(),
             metrics: None,
             full_check_workers: 1,
             // A miner submits what it generated at once, and gossip relays it
@@ -80,11 +97,19 @@ impl Default for Settings {
 
 impl Settings {
     pub fn rpc_limits(&self) -> RpcLimits {
-        let limit = |rate: u32| (rate > 0).then_some(rate);
+        let rate = |calls: u32, mib: u32| Rate {
+            calls_per_s: (calls > 0).then_some(calls),
+            bytes_per_s: (mib > 0).then_some(mib.saturating_mul(1 << 20)),
+        };
         RpcLimits {
-            node_calls_per_s: limit(self.rpc_rate),
-            connection_calls_per_s: limit(self.rpc_rate_per_connection),
+            node: rate(self.rpc_rate, self.rpc_mib_rate),
+            ip: rate(self.rpc_rate_per_ip, self.rpc_mib_rate_per_ip),
+            connection: rate(self.rpc_rate_per_connection, self.rpc_mib_rate_per_connection),
         }
+    }
+
+    pub fn rpc_config(&self) -> RpcConfig {
+        RpcConfig { limits: self.rpc_limits(), allowed_origins: self.rpc_allow_origins.clone() }
     }
 
     pub fn admission(&self) -> Admission {
@@ -124,7 +149,7 @@ pub struct NodeConfig {
     pub bootnodes: Vec<Multiaddr>,
     /// `None`: no RPC server.
     pub rpc: Option<SocketAddr>,
-    pub rpc_limits: RpcLimits,
+    pub rpc_config: RpcConfig,
     pub metrics: Option<SocketAddr>,
     /// The model; `None` runs a node that checks replay, stores and relays
     /// but never votes.
@@ -149,7 +174,7 @@ impl NodeConfig {
             listen: settings.listen.clone(),
             bootnodes: settings.bootnodes.clone(),
             rpc: Some(settings.rpc),
-            rpc_limits: settings.rpc_limits(),
+            rpc_config: settings.rpc_config(),
             metrics: settings.metrics,
             checker: None,
             full_check_workers: settings.full_check_workers,
@@ -183,7 +208,12 @@ mod tests {
             bootnodes = ["/ip4/127.0.0.1/tcp/4002"]
             rpc = "127.0.0.1:9545"
             rpc_rate = 0
+            rpc_rate_per_ip = 9
             rpc_rate_per_connection = 7
+            rpc_mib_rate = 0
+            rpc_mib_rate_per_ip = 2
+            rpc_mib_rate_per_connection = 1
+            rpc_allow_origins = ["https://app.example"]
             metrics = "127.0.0.1:9615"
             no_model = true
             full_check_workers = 3
@@ -195,7 +225,11 @@ mod tests {
         let settings: Settings = toml::from_str(text).unwrap();
         assert_eq!(settings.listen.len(), 2);
         assert_eq!(settings.rpc, SocketAddr::from(([127, 0, 0, 1], 9545)));
-        assert_eq!(settings.rpc_limits(), RpcLimits { node_calls_per_s: None, connection_calls_per_s: Some(7) });
+        let limits = settings.rpc_limits();
+        assert_eq!(limits.node, Rate::NONE);
+        assert_eq!(limits.ip, Rate { calls_per_s: Some(9), bytes_per_s: Some(2 << 20) });
+        assert_eq!(limits.connection, Rate { calls_per_s: Some(7), bytes_per_s: Some(1 << 20) });
+        assert_eq!(settings.rpc_config().allowed_origins, ["https://app.example"]);
         assert_eq!(settings.admission(), Admission::ANY_AGE, "age 0 turns the window off");
         assert!(settings.no_model && settings.sync_writes);
         let config = NodeConfig::from_settings(ChainSpec::devnet(), Keypair::generate(), "d".into(), &settings);
@@ -215,9 +249,10 @@ mod tests {
         let settings = Settings::default();
         let window = settings.admission();
         assert_eq!((window.max_age, window.max_ahead), (Some(Duration::from_secs(3600)), Duration::from_secs(300)));
-        assert_eq!(
-            settings.rpc_limits(),
-            RpcLimits { node_calls_per_s: Some(2000), connection_calls_per_s: Some(500) }
-        );
+        let limits = settings.rpc_limits();
+        assert_eq!(limits.node, Rate { calls_per_s: Some(2000), bytes_per_s: Some(64 << 20) });
+        assert_eq!(limits.ip, Rate { calls_per_s: Some(1000), bytes_per_s: Some(32 << 20) });
+        assert_eq!(limits.connection, Rate { calls_per_s: Some(500), bytes_per_s: Some(16 << 20) });
+        assert!(settings.rpc_allow_origins.is_empty(), "no web origin by default");
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod metrics;
 pub mod network;
 pub mod pipeline;
+mod rate;
 pub mod rpc;
 pub mod scheduler;
 pub mod service;

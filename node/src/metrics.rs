@@ -3,18 +3,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
@@ -50,6 +52,16 @@ pub struct Metrics {
     pub full_check_queue: Gauge,
     pub peers: Gauge,
     pub sync_entries: Counter,
+    /// Sync requests from peers refused: one already in flight, over the
+    /// peer's or the node's rate, or the serving queue full.
+    pub sync_requests_refused: Counter,
+    /// Peers banned for misbehaving (bad sync pages or request floods).
+    pub peers_banned: Counter,
+    /// Invalid gossip messages that outlived gossipsub's cache while they
+    /// waited, their senders penalised directly.
+    pub gossip_late_rejects: Counter,
+    /// Validation jobs that panicked (their worker carries on).
+    pub validation_panics: Counter,
     pub rpc_rate_limited: Counter,
 }
 
@@ -71,6 +83,10 @@ impl Default for Metrics {
             full_check_queue: Gauge::default(),
             peers: Gauge::default(),
             sync_entries: Counter::default(),
+            sync_requests_refused: Counter::default(),
+            peers_banned: Counter::default(),
+            gossip_late_rejects: Counter::default(),
+            validation_panics: Counter::default(),
             rpc_rate_limited: Counter::default(),
         };
         let registry = &mut metrics.registry;
@@ -121,6 +137,22 @@ impl Default for Metrics {
         registry.register("peers", "Connected peers", metrics.peers.clone());
         registry.register("sync_entries", "Objects received through catch-up sync", metrics.sync_entries.clone());
         registry.register(
+            "sync_requests_refused",
+            "Sync requests from peers refused (one in flight already, over a rate, or the queue full)",
+            metrics.sync_requests_refused.clone(),
+        );
+        registry.register("peers_banned", "Peers banned for misbehaving", metrics.peers_banned.clone());
+        registry.register(
+            "gossip_late_rejects",
+            "Invalid gossip messages that outlived gossipsub's cache; their senders were penalised directly",
+            metrics.gossip_late_rejects.clone(),
+        );
+        registry.register(
+            "validation_panics",
+            "Validation jobs that panicked; the worker carried on",
+            metrics.validation_panics.clone(),
+        );
+        registry.register(
             "rpc_rate_limited",
             "JSON-RPC calls refused by the per-connection or node-wide rate limit",
             metrics.rpc_rate_limited.clone(),
@@ -137,6 +169,12 @@ impl Metrics {
     }
 }
 
+/// Scrapes served at once; more connections wait in the kernel's backlog.
+const METRICS_CONNECTIONS: usize = 16;
+/// A connection must send its request headers within this, so that idle or
+/// trickling clients cannot hold the slots.
+const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serves `GET /metrics` until the task is dropped; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
@@ -144,9 +182,20 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    let slots = Arc::new(Semaphore::new(METRICS_CONNECTIONS));
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors, say: retrying at once would
+                    // spin on the same error.
+                    tracing::warn!(%err, "accepting a metrics connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<hyper::body::Incoming>| {
@@ -164,8 +213,12 @@ pub async fn serve(
                         Ok::<_, hyper::http::Error>(response.expect("static response parts"))
                     }
                 });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(METRICS_HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                drop(slot);
             });
         }
     });

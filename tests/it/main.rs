@@ -3,6 +3,7 @@
 //! HTTP and WebSocket, and the real model where a test says so.
 
 mod byzantine;
+mod dos;
 mod network;
 mod rpc;
 mod store;

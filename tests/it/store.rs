@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use poi_node::metrics::Metrics;
 use poi_node::pipeline::{Admission, Pipeline, Source, VoteIngested};
-use poi_node::store::{HistoryQuery, LogEntry, Store, StoreError, VerdictRecord};
+use poi_node::store::{HistoryQuery, LogEntry, Store, StoreError, SyncCursor, VerdictRecord, MAX_EXAMINED};
 use poi_verifier::verdict::{selection, verdict, Status};
 use poi_verifier::SeedingClass;
 
@@ -121,9 +121,9 @@ fn history_pages_newest_first_with_filters() {
     let mut seen = Vec::new();
     let mut query = HistoryQuery { limit: 10, ..Default::default() };
     loop {
-        let (rows, next) = store.history(&query).unwrap();
-        seen.extend(rows.into_iter().map(|r| r.received_at_ms));
-        match next {
+        let page = store.history(&query).unwrap();
+        seen.extend(page.rows.into_iter().map(|r| r.received_at_ms));
+        match page.next {
             Some(cursor) => query.cursor = Some(cursor),
             None => break,
         }
@@ -131,18 +131,18 @@ fn history_pages_newest_first_with_filters() {
     assert_eq!(seen, (1000..1025).rev().collect::<Vec<u64>>());
 
     let window = HistoryQuery { from_ms: Some(1005), to_ms: Some(1009), limit: 100, ..Default::default() };
-    let (rows, next) = store.history(&window).unwrap();
-    assert_eq!(rows.iter().map(|r| r.received_at_ms).collect::<Vec<_>>(), vec![1009, 1008, 1007, 1006, 1005]);
-    assert!(next.is_none());
+    let page = store.history(&window).unwrap();
+    assert_eq!(page.rows.iter().map(|r| r.received_at_ms).collect::<Vec<_>>(), vec![1009, 1008, 1007, 1006, 1005]);
+    assert!(page.next.is_none());
 
     let miner = artifacts[0].body.miner;
-    let (rows, _) = store.history(&HistoryQuery { miner: Some(miner), limit: 100, ..Default::default() }).unwrap();
+    let rows = store.history(&HistoryQuery { miner: Some(miner), limit: 100, ..Default::default() }).unwrap().rows;
     assert_eq!(rows.len(), artifacts.iter().filter(|a| a.body.miner == miner).count());
     let stranger = Keypair::from_secret([1; 32]).public();
     assert!(store
         .history(&HistoryQuery { miner: Some(stranger), limit: 5, ..Default::default() })
         .unwrap()
-        .0
+        .rows
         .is_empty());
 
     let (disputed_artifact, voter) = selected_artifact(40);
@@ -155,9 +155,70 @@ fn history_pages_newest_first_with_filters() {
     let record = VerdictRecord::new(&disputed, &disputed_artifact.body.miner, class, &outcome, votes, 1003, 2000);
     assert_eq!(record.status, Status::Disputed);
     assert!(store.put_vote(&reject, &record, None).unwrap());
-    let (rows, _) =
-        store.history(&HistoryQuery { status: Some(Status::Disputed), limit: 100, ..Default::default() }).unwrap();
+    let rows =
+        store.history(&HistoryQuery { status: Some(Status::Disputed), limit: 100, ..Default::default() }).unwrap().rows;
     assert_eq!(rows.iter().map(|r| r.artifact_id.clone()).collect::<Vec<_>>(), vec![disputed.to_hex()]);
+}
+
+/// The attack: a client asks for a status (or validator) that almost no
+/// row has. Before the indexes, each such call scanned the whole time index
+/// until `limit` rows matched: every stored artifact, up to 2000 times a
+/// second. Now a rare filter reads its own index, and a combination the
+/// index cannot serve stops after `MAX_EXAMINED` keys with a cursor.
+#[test]
+fn a_rare_filter_costs_a_page_not_a_table_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), ChainSpec::devnet()).unwrap();
+    let stored = MAX_EXAMINED as u64 + 500;
+    for seed in 0..stored {
+        put(&store, &artifact(100_000 + seed), seed);
+    }
+    let (disputed_artifact, voter) = selected_artifact(40);
+    put(&store, &disputed_artifact, 7);
+    let disputed = disputed_artifact.id();
+    let reject = vote(&voter, &disputed, Verdict::Reject);
+    let votes = std::slice::from_ref(&reject);
+    let class = SeedingClass::RequesterBound;
+    let outcome = verdict(&ChainSpec::devnet(), &disputed, class, votes);
+    let record = VerdictRecord::new(&disputed, &disputed_artifact.body.miner, class, &outcome, votes, 7, 2000);
+    assert!(store.put_vote(&reject, &record, None).unwrap());
+
+    let query = |q: HistoryQuery| store.history(&HistoryQuery { limit: 100, ..q }).unwrap();
+    let by_status = query(HistoryQuery { status: Some(Status::Disputed), ..Default::default() });
+    assert_eq!(by_status.rows.len(), 1);
+    assert_eq!(by_status.examined, 1, "the status index holds only the disputed artifact");
+    let by_validator = query(HistoryQuery { validator: Some(voter.public()), ..Default::default() });
+    assert_eq!((by_validator.rows.len(), by_validator.examined), (1, 1));
+    let not_replay_only = query(HistoryQuery { status: Some(Status::AcceptedReplayOnly), ..Default::default() });
+    assert_eq!((not_replay_only.rows.len(), not_replay_only.examined), (100, 100), "a page costs its rows");
+    assert!(
+        !not_replay_only.rows.iter().any(|r| r.artifact_id == disputed.to_hex()),
+        "the vote moved the artifact out of its old status's index"
+    );
+
+    // Miner and status together: the miner's index, checked row by row,
+    // at most MAX_EXAMINED keys per call, and the cursor goes on from there.
+    let miner = disputed_artifact.body.miner;
+    let mut q = HistoryQuery { miner: Some(miner), status: Some(Status::Disputed), limit: 100, ..Default::default() };
+    let (mut found, mut calls) = (Vec::new(), 0);
+    loop {
+        let page = store.history(&q).unwrap();
+        assert!(page.examined <= MAX_EXAMINED, "{} keys in one call", page.examined);
+        calls += 1;
+        found.extend(page.rows.into_iter().map(|r| r.artifact_id));
+        match page.next {
+            Some(next) => q.cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!((found, calls), (vec![disputed.to_hex()], 2));
+
+    // A cursor handed out for one filter is refused by another.
+    let time_cursor = query(HistoryQuery::default()).next.unwrap();
+    let err = store
+        .history(&HistoryQuery { status: Some(Status::Rejected), cursor: Some(time_cursor), ..Default::default() })
+        .unwrap_err();
+    assert!(err.to_string().contains("cursor"), "{err}");
 }
 
 #[test]
@@ -175,7 +236,7 @@ fn the_log_pages_through_everything_stored_in_order_and_survives_a_restart() {
         let record = store.verdict(&id).unwrap().unwrap();
         assert!(store.put_vote(&v, &record, None).unwrap());
         assert!(!store.put_vote(&v, &record, None).unwrap(), "nor does a duplicate vote");
-        store.set_sync_cursor(b"peer", 4).unwrap();
+        store.set_sync_cursor(b"peer", store.log_epoch(), 4).unwrap();
     }
     let store = Store::open(dir.path(), ChainSpec::devnet()).unwrap();
     let first = store.log_page(0, 4, usize::MAX).unwrap();
@@ -185,8 +246,10 @@ fn the_log_pages_through_everything_stored_in_order_and_survives_a_restart() {
     let rest = store.log_page(first.next, 100, usize::MAX).unwrap();
     assert_eq!(rest.entries, vec![LogEntry::Artifact(artifacts[4].encode()), LogEntry::Vote(v.encode())]);
     assert!(!rest.more);
-    assert_eq!(store.sync_cursor(b"peer").unwrap(), 4);
-    assert_eq!(store.sync_cursor(b"other").unwrap(), 0);
+    let epoch = store.log_epoch();
+    assert_eq!(store.sync_cursor(b"peer").unwrap(), SyncCursor { epoch: Some(epoch), next: 4 });
+    assert_eq!(store.sync_cursor(b"other").unwrap(), SyncCursor::default());
+    assert_eq!(first.epoch, epoch, "pages name the log they are from");
     // Numbering continues after a restart.
     put(&store, &artifact(20), 200);
     assert_eq!(store.log_page(rest.next, 100, usize::MAX).unwrap().entries.len(), 1);

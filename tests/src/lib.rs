@@ -3,17 +3,19 @@
 //! misbehaving peer ([`Outsider`]), the typed RPC client, and polling with a
 //! deadline instead of sleeps.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
-use libp2p::gossipsub;
-use libp2p::{PeerId, Swarm};
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, PeerId, Swarm};
 use poi_artifact::{ArtifactId, VoteFigures};
 use poi_chain_spec::{devnet_keypair, ChainSpec};
 use poi_node::config::NodeConfig;
-use poi_node::network::{join_as_outsider, Behaviour, Topic, Topics};
+use poi_node::network::{join_as_outsider, Behaviour, BehaviourEvent, SyncRequest, SyncResponse, Topic, Topics};
 use poi_node::pipeline::Admission;
 use poi_node::service::{start, NodeHandle};
 use poi_rpc_api::{PoiApiClient, SubmitResult};
@@ -172,33 +174,52 @@ impl Testnet {
 }
 
 /// A misbehaving peer: a throwaway identity outside the validator set,
-/// joined to one node's gossip topics, publishing whatever a test hands it.
-/// Its swarm runs in a task of its own until the `Outsider` is dropped.
+/// joined to one node's gossip topics, publishing whatever a test hands it,
+/// asking the node for sync pages, and answering the node's sync requests
+/// with whatever its `serve` function gives (by default: nothing, the
+/// request fails). Its swarm runs in a task of its own until the `Outsider`
+/// is dropped.
 pub struct Outsider {
     pub peer_id: PeerId,
     publish: mpsc::UnboundedSender<Outgoing>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What an outsider answers a sync request from `from`; `None` drops it.
+pub type Serve = Box<dyn FnMut(u64) -> Option<SyncResponse> + Send>;
+
+type SyncReply = oneshot::Sender<Result<SyncResponse, String>>;
+
 enum Outgoing {
     Message(Topic, Vec<u8>),
     Flush(oneshot::Sender<()>),
+    Sync(u64, SyncReply),
 }
 
 impl Outsider {
     /// Joins `node`; panics if its artifacts topic is not seen within 20 s.
     pub async fn join(spec: &ChainSpec, node: &NodeHandle) -> Self {
+        Self::join_serving(spec, node, Box::new(|_| None)).await
+    }
+
+    /// As [`Self::join`], answering the node's sync requests with `serve`.
+    pub async fn join_serving(spec: &ChainSpec, node: &NodeHandle, mut serve: Serve) -> Self {
         let (mut swarm, topics) =
             join_as_outsider(spec, node.dial_addr(), Duration::from_secs(20)).await.expect("outsider joins");
-        let peer_id = *swarm.local_peer_id();
+        let (peer_id, target) = (*swarm.local_peer_id(), node.peer_id);
         let (publish, mut outgoing) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
+            let mut asked: HashMap<OutboundRequestId, SyncReply> = HashMap::new();
             loop {
                 tokio::select! {
-                    _ = swarm.select_next_some() => {}
+                    event = swarm.select_next_some() => on_sync_event(&mut swarm, event, &mut asked, &mut serve),
                     Some(next) = outgoing.recv() => match next {
                         Outgoing::Message(topic, data) => publish_soon(&mut swarm, &topics, topic, data).await,
                         Outgoing::Flush(done) => drop(done.send(())),
+                        Outgoing::Sync(from, reply) => {
+                            let id = swarm.behaviour_mut().sync.send_request(&target, SyncRequest { from });
+                            asked.insert(id, reply);
+                        }
                     },
                 }
             }
@@ -218,16 +239,57 @@ impl Outsider {
         flushed.await.expect("outsider running");
     }
 
+    /// Asks the node for its log from `from`: the page, or why none came.
+    pub async fn request_sync(&self, from: u64) -> Result<SyncResponse, String> {
+        let (reply, answer) = oneshot::channel();
+        self.publish.send(Outgoing::Sync(from, reply)).expect("outsider running");
+        answer.await.expect("outsider running")
+    }
+
     /// `node`'s gossip score for this peer now (0 before it has one).
     pub async fn score_at(&self, node: &NodeHandle) -> f64 {
         let peers = node.network.peers().await.expect("network running");
         peers.iter().find(|p| p.peer_id == self.peer_id).and_then(|p| p.score).unwrap_or(0.0)
+    }
+
+    /// Whether `node` has a connection to this peer now.
+    pub async fn connected_to(&self, node: &NodeHandle) -> bool {
+        node.network.peers().await.expect("network running").iter().any(|p| p.peer_id == self.peer_id)
     }
 }
 
 impl Drop for Outsider {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+fn on_sync_event(
+    swarm: &mut Swarm<Behaviour>,
+    event: SwarmEvent<BehaviourEvent>,
+    asked: &mut HashMap<OutboundRequestId, SyncReply>,
+    serve: &mut Serve,
+) {
+    let SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) = event else { return };
+    match event {
+        request_response::Event::Message { message, .. } => match message {
+            request_response::Message::Request { request, channel, .. } => {
+                if let Some(page) = serve(request.from) {
+                    let _ = swarm.behaviour_mut().sync.send_response(channel, page);
+                }
+            }
+            request_response::Message::Response { request_id, response } => {
+                if let Some(reply) = asked.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+        },
+        request_response::Event::OutboundFailure { request_id, error, .. } => {
+            if let Some(reply) = asked.remove(&request_id) {
+                let _ = reply.send(Err(error.to_string()));
+            }
+        }
+        _ => {}
     }
 }
 

@@ -1,4 +1,5 @@
-//! Summary statistics over per-artifact scores and latencies.
+//! Summary statistics over per-artifact scores and latencies, and the
+//! process's peak memory.
 
 /// The `q`-quantile (0..=1) by linear interpolation; `None` when empty.
 pub fn quantile(values: &[f64], q: f64) -> Option<f64> {
@@ -74,6 +75,20 @@ pub fn upper_bound_95(failures: usize, n: usize) -> Option<f64> {
         }
     }
     Some(high)
+}
+
+/// The process's peak resident set (VmHWM), Linux only.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Starts [`peak_rss_mib`] over from the current resident set (Linux:
+/// `/proc/self/clear_refs`), so that runs in one process have a peak each.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
-//! The libp2p side: transports (TCP and QUIC, noise, yamux), gossipsub with
-//! application validation and peer scoring, identify, and the catch-up sync
-//! protocol over request-response. Building the swarm is here; running it is
-//! the event loop's.
+//! The libp2p side: transports (TCP and QUIC, noise, yamux), connection
+//! limits, gossipsub with application validation and peer scoring,
+//! identify, and the catch-up sync protocol over request-response. Building
+//! the swarm is here; running it is the event loop's.
 
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::gossipsub::{
     self, IdentTopic, MessageAuthenticity, PeerScoreParams, PeerScoreThresholds, TopicHash, TopicScoreParams,
 };
@@ -19,10 +20,31 @@ pub use poi_artifact::sync::{SyncEntry, SyncRequest, SyncResponse};
 
 use super::Topic;
 
-pub const SYNC_PROTOCOL: &str = "/poi/sync/1";
-/// Objects per sync page, and the byte budget a page aims for.
+pub const SYNC_PROTOCOL: &str = "/poi/sync/2";
+/// Objects per sync page, and the byte budget a page aims for: a request
+/// of a few bytes costs its server at most about this much.
 pub const SYNC_PAGE_ENTRIES: usize = 512;
-pub const SYNC_PAGE_BYTES: usize = 4 << 20;
+pub const SYNC_PAGE_BYTES: usize = 1 << 20;
+/// An honest node has one sync request to a peer in flight; the second
+/// stream leaves room for a request racing its predecessor's timeout.
+const SYNC_STREAMS_PER_CONNECTION: usize = 2;
+const SYNC_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with nothing to do (not in a gossip mesh, no request under
+/// way) is closed after this; gossip peers stay, idle sybils go.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Connections a node accepts. A validator set is small (tens of nodes):
+/// 128 established connections leave room for every validator, miners and
+/// tools, while a peer with many identities cannot hold more than that, nor
+/// more than 32 handshakes at once.
+fn connection_limits() -> ConnectionLimits {
+    ConnectionLimits::default()
+        .with_max_pending_incoming(Some(32))
+        .with_max_pending_outgoing(Some(32))
+        .with_max_established_incoming(Some(96))
+        .with_max_established(Some(128))
+        .with_max_established_per_peer(Some(2))
+}
 
 /// Gossipsub score penalty per invalid message, squared by count: three
 /// invalid messages pass the graylist threshold.
@@ -31,7 +53,9 @@ pub const GRAYLIST_THRESHOLD: f64 = -80.0;
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
-    /// Peers the operator cut off: their connections are closed and refused.
+    pub limits: connection_limits::Behaviour,
+    /// Peers the operator or the node cut off: their connections are closed
+    /// and refused.
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub gossipsub: gossipsub::Behaviour,
     pub identify: identify::Behaviour,
@@ -167,18 +191,21 @@ pub fn build_swarm(key: &Keypair, spec: &ChainSpec) -> Result<Swarm<Behaviour>, 
         .with_quic()
         .with_behaviour(|key| {
             Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(connection_limits()),
                 blocked: allow_block_list::Behaviour::default(),
                 gossipsub: gossipsub(key, spec, &topics).map_err(Box::new)?,
                 identify: identify::Behaviour::new(identify::Config::new("/poi/1".into(), key.public())),
                 sync: request_response::Behaviour::with_codec(
                     codec,
                     [(StreamProtocol::new(SYNC_PROTOCOL), ProtocolSupport::Full)],
-                    request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+                    request_response::Config::default()
+                        .with_request_timeout(SYNC_REQUEST_TIMEOUT)
+                        .with_max_concurrent_streams(SYNC_STREAMS_PER_CONNECTION),
                 ),
             })
         })
         .map_err(|e| NetError::Transport(e.to_string()))?
-        .with_swarm_config(|config| config.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .with_swarm_config(|config| config.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
     Ok(swarm)
 }

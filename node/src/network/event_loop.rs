@@ -1,11 +1,11 @@
 //! The one task that owns the swarm. It turns swarm events into
 //! [`NetworkEvent`]s and carries out the client's commands; it keeps only
-//! network state (outstanding sync requests, bootnodes), never waits on the
-//! node, and never touches storage.
+//! network state (outstanding sync requests, bootnodes, bans), never waits
+//! on the node, and never touches storage.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::gossipsub::{self, MessageAcceptance, MessageId};
@@ -27,6 +27,7 @@ pub(super) enum Command {
     Unblock(PeerId),
     Dial { addr: Multiaddr, reply: oneshot::Sender<Result<(), NetworkError>> },
     Penalise(PeerId),
+    Ban { peer: PeerId, time: Duration },
     RequestSync { peer: PeerId, from: u64, reply: oneshot::Sender<Result<SyncResponse, NetworkError>> },
     RespondSync { channel: ResponseChannel<SyncResponse>, page: SyncResponse },
 }
@@ -57,7 +58,16 @@ pub(super) struct EventLoop {
     metrics: Arc<Metrics>,
     bootnodes: Vec<Multiaddr>,
     sync_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<SyncResponse, NetworkError>>>,
+    /// Peers the node banned, until when; lifted as they expire.
+    bans: HashMap<PeerId, Instant>,
+    /// Peers the operator blocked: no ban's expiry unblocks them.
+    blocked: HashSet<PeerId>,
 }
+
+/// Bans held at once. A peer with many identities could otherwise grow the
+/// block list without bound; past this a misbehaving peer is disconnected
+/// and may dial again (connection limits bound how fast).
+const MAX_BANS: usize = 4096;
 
 impl EventLoop {
     pub(super) fn new(
@@ -67,7 +77,16 @@ impl EventLoop {
         metrics: Arc<Metrics>,
         bootnodes: Vec<Multiaddr>,
     ) -> Self {
-        Self { swarm, topics, events, metrics, bootnodes, sync_requests: HashMap::new() }
+        Self {
+            swarm,
+            topics,
+            events,
+            metrics,
+            bootnodes,
+            sync_requests: HashMap::new(),
+            bans: HashMap::new(),
+            blocked: HashSet::new(),
+        }
     }
 
     pub(super) async fn run(
@@ -82,7 +101,10 @@ impl EventLoop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 Some(command) = commands.recv() => self.on_command(command),
-                _ = redial.tick() => self.redial_bootnodes(),
+                _ = redial.tick() => {
+                    self.lift_expired_bans();
+                    self.redial_bootnodes();
+                }
                 _ = &mut stop => break,
             }
         }
@@ -140,15 +162,53 @@ impl EventLoop {
                     let _ = self.events.try_send(NetworkEvent::PeerConnected(peer_id));
                 }
             }
-            SwarmEvent::ConnectionClosed { num_established: 0, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.metrics.peers.set(self.swarm.connected_peers().count() as i64);
+                let _ = self.events.try_send(NetworkEvent::PeerDisconnected(peer_id));
             }
             _ => {}
         }
     }
 
+    /// Reports a validation result. A message that waited past gossipsub's
+    /// cache window is no longer known to it, and a reject would then cost
+    /// its sender nothing: such a sender is penalised directly.
     fn report(&mut self, message_id: &MessageId, source: &PeerId, acceptance: MessageAcceptance) {
-        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(message_id, source, acceptance);
+        let reject = matches!(acceptance, MessageAcceptance::Reject);
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        if !gossipsub.report_message_validation_result(message_id, source, acceptance) && reject {
+            self.metrics.gossip_late_rejects.inc();
+            self.penalise(source);
+        }
+    }
+
+    fn penalise(&mut self, peer: &PeerId) {
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        gossipsub.set_application_score(peer, 2.0 * GRAYLIST_THRESHOLD / 10.0);
+    }
+
+    fn ban(&mut self, peer: PeerId, time: Duration) {
+        if !self.bans.contains_key(&peer) {
+            self.metrics.peers_banned.inc();
+        }
+        self.penalise(&peer);
+        if self.bans.len() < MAX_BANS || self.bans.contains_key(&peer) {
+            self.bans.insert(peer, Instant::now() + time);
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+        } else {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    fn lift_expired_bans(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<PeerId> = self.bans.iter().filter(|(_, until)| **until <= now).map(|(p, _)| *p).collect();
+        for peer in expired {
+            self.bans.remove(&peer);
+            if !self.blocked.contains(&peer) {
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            }
+        }
     }
 
     /// Bootnodes lost to a restart or a partition are dialled again.
@@ -185,9 +245,12 @@ impl EventLoop {
                 let _ = reply.send(peers);
             }
             Command::Block(peer) => {
+                self.blocked.insert(peer);
                 self.swarm.behaviour_mut().blocked.block_peer(peer);
             }
             Command::Unblock(peer) => {
+                self.blocked.remove(&peer);
+                self.bans.remove(&peer);
                 self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             }
             Command::Dial { addr, reply } => {
@@ -195,10 +258,8 @@ impl EventLoop {
                     self.swarm.dial(addr.clone()).map_err(|e| NetworkError::Dial { addr, reason: e.to_string() });
                 let _ = reply.send(result);
             }
-            Command::Penalise(peer) => {
-                let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
-                gossipsub.set_application_score(&peer, 2.0 * GRAYLIST_THRESHOLD / 10.0);
-            }
+            Command::Penalise(peer) => self.penalise(&peer),
+            Command::Ban { peer, time } => self.ban(peer, time),
             Command::RequestSync { peer, from, reply } => {
                 let id = self.swarm.behaviour_mut().sync.send_request(&peer, SyncRequest { from });
                 self.sync_requests.insert(id, reply);

@@ -51,6 +51,8 @@ pub enum NetworkEvent {
     SyncRequest { peer: PeerId, from: u64, channel: ResponseChannel<SyncResponse> },
     /// A connection to a peer that had none.
     PeerConnected(PeerId),
+    /// The last connection to a peer closed.
+    PeerDisconnected(PeerId),
 }
 
 /// A connected peer as the network layer sees it.
@@ -132,6 +134,12 @@ impl NetworkClient {
     /// outside gossip, where gossipsub's own scoring cannot see it.
     pub async fn penalise(&self, peer: PeerId) -> Result<(), NetworkError> {
         Ok(self.commands.send(Command::Penalise(peer)).await?)
+    }
+
+    /// Penalises `peer` as [`Self::penalise`] does, closes its connections
+    /// and refuses new ones for `time`.
+    pub async fn ban(&self, peer: PeerId, time: Duration) -> Result<(), NetworkError> {
+        Ok(self.commands.send(Command::Ban { peer, time }).await?)
     }
 
     /// Asks `peer` for its log from sequence `from` on.

@@ -21,8 +21,9 @@ pub(super) fn describe_age(age_ms: i64) -> String {
 /// the `created_at_ms` their miner signed, against this node's clock. It
 /// stops an old artifact that was never published from being passed off as
 /// new work, and a future-dated one from outliving the window. Catch-up sync
-/// is exempt: a node that was away for longer than the window must still
-/// converge, and what it pulls was admitted fresh by the peer that logged it.
+/// from a validator is exempt: a node that was away for longer than the
+/// window must still converge, and what it pulls was admitted fresh by the
+/// validator that logged it. Sync from any other peer is not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Admission {
     /// `None`: no window at all, past or future (a node replaying an

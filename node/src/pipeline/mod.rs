@@ -10,7 +10,7 @@ mod pending;
 #[cfg(test)]
 mod tests;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use poi_artifact::{Artifact, ArtifactId, Keypair, PublicKey, Vote, VrfKeypair, MAX_VOTE_BYTES};
 use poi_chain_spec::ChainSpec;
@@ -74,7 +74,13 @@ impl IngestError {
 pub enum Source {
     Gossip,
     Rpc,
+    /// Catch-up sync from a validator: exempt from the admission window (a
+    /// node away for longer than it must still converge).
     Sync,
+    /// Catch-up sync from a peer outside the validator set: admitted by the
+    /// window like gossip, so that nobody can pass off an old artifact that
+    /// was never published as new work by feeding it through sync.
+    Relay,
     Local,
 }
 
@@ -84,7 +90,7 @@ impl Source {
             source: match self {
                 Self::Gossip => "gossip",
                 Self::Rpc => "rpc",
-                Self::Sync => "sync",
+                Self::Sync | Self::Relay => "sync",
                 Self::Local => "local",
             },
         }
@@ -179,9 +185,9 @@ impl Pipeline {
     }
 
     fn replay_check(&self, artifact: &Artifact) -> Result<ReplayReport, ReplayError> {
-        let mut checker = self.checkers.lock().expect("checker pool").pop();
+        let mut checker = self.checkers.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let result = checker.get_or_insert_with(|| ReplayChecker::new(self.spec.clone())).check(artifact);
-        self.checkers.lock().expect("checker pool").push(checker.expect("set above"));
+        self.checkers.lock().unwrap_or_else(PoisonError::into_inner).push(checker.expect("set above"));
         result
     }
 
@@ -222,7 +228,7 @@ impl Pipeline {
         // penalised as forged whatever time it claims.
         let report = self.replay_check(&artifact).map_err(rejected)?;
         let now = now_ms();
-        if matches!(source, Source::Rpc | Source::Gossip) {
+        if matches!(source, Source::Rpc | Source::Gossip | Source::Relay) {
             self.admission.check(artifact.body.created_at_ms, now).inspect_err(|_| {
                 self.metrics.artifacts_outside_window.get_or_create(&label).inc();
             })?;
@@ -254,7 +260,7 @@ impl Pipeline {
     ) -> Result<Option<(VerdictRecord, Vec<CheckedVote>)>, StoreError> {
         let seeding = report.seeding;
         let id = artifact.id();
-        let mut pending = self.ledger.lock().expect("ledger lock");
+        let mut pending = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
         if self.store.has_artifact(&id)? {
             return Ok(None);
         }
@@ -331,14 +337,14 @@ impl Pipeline {
         if self.store.has_artifact(&vote.body.artifact_id)? {
             return Ok(false);
         }
-        let mut pending = self.ledger.lock().expect("ledger lock");
+        let mut pending = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(pending.is_full_for(&vote.body.validator, std::time::Instant::now()))
     }
 
     fn store_vote(&self, checked: CheckedVote, now: u64) -> Result<VoteIngested, StoreError> {
         let body = &checked.vote().body;
         let (id, validator) = (body.artifact_id, body.validator);
-        let mut pending = self.ledger.lock().expect("ledger lock");
+        let mut pending = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
         let stored = self.store.votes_by(&id, &validator)?;
         if stored.iter().any(|v| v.id() == checked.vote().id()) {
             return Ok(VoteIngested::Duplicate);
@@ -417,7 +423,7 @@ impl Pipeline {
         let checked =
             CheckedVote::check(&self.spec, vote.clone()).map_err(|e| IngestError::InvalidVote(e.to_string()))?;
         let id = vote.body.artifact_id;
-        let _pending = self.ledger.lock().expect("ledger lock");
+        let _pending = self.ledger.lock().unwrap_or_else(PoisonError::into_inner);
         if !self.store.votes_by(&id, &vote.body.validator)?.is_empty() {
             self.store.discharge_duty(&id)?;
             return Ok(false);

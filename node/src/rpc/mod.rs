@@ -1,15 +1,15 @@
 //! JSON-RPC 2.0 over HTTP and WebSocket (DESIGN §7), one port for both.
-//! Bound to loopback unless the operator says otherwise; request size, batch
-//! size, connections, subscriptions and call rate are limited. The only write a client
-//! can make is submitting an artifact, and only one that passes the replay
-//! check is stored.
+//! Bound to loopback unless the operator says otherwise; request size (from
+//! the chain's artifact limit), batch size, connections, subscriptions, web
+//! origins, and calls and bytes per connection, IP and node are limited
+//! ([`server`], [`rate_limit`]); store work runs on at most
+//! [`BLOCKING_CALLS`] threads at once, and a history page examines a bounded
+//! number of rows. The only write a client can make is submitting an
+//! artifact, and only one that passes the replay check is stored.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use jsonrpsee::core::{async_trait, SubscriptionResult};
-use jsonrpsee::server::middleware::rpc::RpcServiceBuilder;
-use jsonrpsee::server::{BatchRequestConfig, Server, ServerHandle};
 use jsonrpsee::types::ErrorObjectOwned;
 use jsonrpsee::PendingSubscriptionSink;
 use poi_artifact::json::VoteJson;
@@ -18,19 +18,21 @@ use poi_rpc_api::error_code::REJECTED;
 use poi_rpc_api::{
     HistoryFilter, HistoryPage, MinerTestView, NodeStatus, PeerInfo, PoiApiServer, RpcResult, SubmitResult, VerdictView,
 };
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Semaphore};
 
 use crate::network::{NetworkClient, Topic};
 use crate::pipeline::{IngestError, Pipeline, Source};
-use crate::store::{HistoryQuery, VerdictRecord};
+use crate::store::{HistoryError, HistoryQuery, VerdictRecord};
 
 mod rate_limit;
-pub use rate_limit::RpcLimits;
+mod server;
+pub use rate_limit::{Rate, RpcLimits};
+pub use server::{max_request_bytes, serve, RpcConfig};
 
-/// Requests above this are refused before parsing (an artifact is at most
-/// the chain's `max_artifact_bytes`, twice that in hex).
-pub const MAX_REQUEST_BYTES: u32 = 4 << 20;
 pub const MAX_BATCH: u32 = 20;
+/// Calls doing store work at once; the rest wait their turn (their number
+/// is bounded by connections, batches and rate limits).
+pub const BLOCKING_CALLS: usize = 8;
 pub const MAX_CONNECTIONS: u32 = 128;
 pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: u32 = 16;
 
@@ -57,20 +59,28 @@ pub struct Rpc {
     pipeline: Arc<Pipeline>,
     /// To gossip accepted artifacts; absent without networking.
     net: Option<NetworkClient>,
+    blocking: Arc<Semaphore>,
 }
 
 impl Rpc {
     pub fn new(pipeline: Arc<Pipeline>, net: Option<NetworkClient>) -> Self {
-        Self { pipeline, net }
+        Self { pipeline, net, blocking: Arc::new(Semaphore::new(BLOCKING_CALLS)) }
     }
 
-    /// Runs blocking store work off the async runtime.
+    /// Runs blocking store work off the async runtime, at most
+    /// [`BLOCKING_CALLS`] at once.
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Pipeline) -> Result<T, ErrorObjectOwned> + Send + 'static,
     ) -> RpcResult<T> {
+        let permit = self.blocking.clone().acquire_owned().await.map_err(internal)?;
         let pipeline = self.pipeline.clone();
-        tokio::task::spawn_blocking(move || work(&pipeline)).await.map_err(internal)?
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work(&pipeline)
+        })
+        .await
+        .map_err(internal)?
     }
 }
 
@@ -148,8 +158,15 @@ impl PoiApiServer for Rpc {
             cursor,
             limit: filter.limit.unwrap_or(100),
         };
-        let (rows, next) = self.blocking(move |p| p.store().history(&query).map_err(internal)).await?;
-        Ok(HistoryPage { rows: rows.into_iter().map(view).collect(), next_cursor: next.map(hex::encode) })
+        let page = self
+            .blocking(move |p| {
+                p.store().history(&query).map_err(|e| match e {
+                    HistoryError::Cursor(_) => error(INVALID_PARAMS, e.to_string()),
+                    HistoryError::Store(e) => internal(e),
+                })
+            })
+            .await?;
+        Ok(HistoryPage { rows: page.rows.into_iter().map(view).collect(), next_cursor: page.next.map(hex::encode) })
     }
 
     async fn miner_test(&self, miner: String) -> RpcResult<MinerTestView> {
@@ -211,20 +228,4 @@ impl PoiApiServer for Rpc {
             }
         }
     }
-}
-
-/// Starts the server; the handle stops it.
-pub async fn serve(addr: SocketAddr, rpc: Rpc, limits: RpcLimits) -> std::io::Result<(SocketAddr, ServerHandle)> {
-    let layer = rate_limit::RateLimitLayer::new(limits, rpc.pipeline.metrics().clone());
-    let server = Server::builder()
-        .set_rpc_middleware(RpcServiceBuilder::new().layer_fn(move |service| layer.wrap(service)))
-        .max_request_body_size(MAX_REQUEST_BYTES)
-        .max_response_body_size(MAX_REQUEST_BYTES * 4)
-        .max_connections(MAX_CONNECTIONS)
-        .max_subscriptions_per_connection(MAX_SUBSCRIPTIONS_PER_CONNECTION)
-        .set_batch_request_config(BatchRequestConfig::Limit(MAX_BATCH))
-        .build(addr)
-        .await?;
-    let local = server.local_addr()?;
-    Ok((local, server.start(rpc.into_rpc())))
 }

@@ -1,13 +1,16 @@
-//! Call-rate limits for JSON-RPC: one token bucket per connection and one for
-//! the whole node, both refilled continuously with one second of burst. A
-//! refused call gets [`RATE_LIMITED`] at once instead of queueing, so a busy
-//! client can neither hold memory nor starve the others.
-//!
-//! jsonrpsee builds the RPC service once per WebSocket connection and once
-//! per HTTP request, so "per connection" is per WebSocket; plain HTTP callers
-//! share the node-wide bucket.
+//! Rate limits for JSON-RPC, in calls and in request bytes, at three levels:
+//! each TCP connection (an HTTP keep-alive connection or a WebSocket), each
+//! client IP, and the whole node; every bucket is refilled continuously
+//! with one second of burst. A call must fit in all three, the narrowest
+//! first, so a client over its own limit does not also drain the wider
+//! ones. A refused call gets [`RATE_LIMITED`] at once instead of queueing,
+//! so a busy client can neither hold memory nor starve the others: one
+//! remote client cannot lock the local miner out (it has its own IP's
+//! allowance), and a submit costs what it weighs.
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use jsonrpsee::server::middleware::rpc::RpcServiceT;
@@ -17,82 +20,103 @@ use jsonrpsee::types::{ErrorObject, Request};
 use poi_rpc_api::error_code::RATE_LIMITED;
 
 use crate::metrics::Metrics;
+use crate::rate::TokenBucket;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RpcLimits {
-    /// Calls per second across all clients; `None` is unlimited.
-    pub node_calls_per_s: Option<u32>,
-    /// Calls per second on one WebSocket connection; `None` is unlimited.
-    pub connection_calls_per_s: Option<u32>,
+/// One level's allowance; `None` is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rate {
+    pub calls_per_s: Option<u32>,
+    pub bytes_per_s: Option<u32>,
 }
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RpcLimits {
+    pub node: Rate,
+    pub ip: Rate,
+    pub connection: Rate,
+}
+
+impl RpcLimits {
+    pub const UNLIMITED: RpcLimits = RpcLimits { node: Rate::NONE, ip: Rate::NONE, connection: Rate::NONE };
+}
+
+impl Rate {
+    pub const NONE: Rate = Rate { calls_per_s: None, bytes_per_s: None };
+}
+
+/// IPs whose buckets are kept while no connection of theirs is open; past
+/// this, idle ones are forgotten.
+const IDLE_IPS: usize = 1024;
 
 #[derive(Debug)]
-struct TokenBucket {
-    per_s: f64,
-    tokens: f64,
-    refilled: Instant,
+struct Buckets {
+    calls: Option<TokenBucket>,
+    bytes: Option<TokenBucket>,
 }
 
-impl TokenBucket {
-    fn new(per_s: u32) -> Self {
-        Self { per_s: f64::from(per_s), tokens: f64::from(per_s), refilled: Instant::now() }
-    }
+type Level = Arc<Mutex<Buckets>>;
 
-    fn try_take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_s).min(self.per_s);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
+fn level(rate: Rate) -> Level {
+    Arc::new(Mutex::new(Buckets {
+        calls: rate.calls_per_s.map(TokenBucket::new),
+        bytes: rate.bytes_per_s.map(TokenBucket::new),
+    }))
 }
 
-/// Builds the per-connection middleware; holds the node-wide bucket.
+fn admit(level: &Level, bytes: usize, now: Instant) -> bool {
+    let mut buckets = level.lock().unwrap_or_else(PoisonError::into_inner);
+    let Buckets { calls, bytes: byte_bucket } = &mut *buckets;
+    calls.as_mut().is_none_or(|b| b.try_take(now))
+        && byte_bucket.as_mut().is_none_or(|b| b.try_take_n(bytes as f64, now))
+}
+
+/// Hands out each connection's middleware; holds the node's and the IPs'
+/// buckets.
 #[derive(Clone)]
-pub struct RateLimitLayer {
+pub struct RateLimiter {
     limits: RpcLimits,
-    node: Option<Arc<Mutex<TokenBucket>>>,
+    node: Level,
+    ips: Arc<Mutex<HashMap<IpAddr, Level>>>,
     metrics: Arc<Metrics>,
 }
 
-impl RateLimitLayer {
+impl RateLimiter {
     pub fn new(limits: RpcLimits, metrics: Arc<Metrics>) -> Self {
-        let node = limits.node_calls_per_s.map(|rate| Arc::new(Mutex::new(TokenBucket::new(rate))));
-        Self { limits, node, metrics }
+        Self { limits, node: level(limits.node), ips: Arc::default(), metrics }
     }
 
-    pub fn wrap<S>(&self, inner: S) -> RateLimit<S> {
-        RateLimit {
-            inner,
-            connection: self.limits.connection_calls_per_s.map(|rate| Arc::new(Mutex::new(TokenBucket::new(rate)))),
-            node: self.node.clone(),
+    /// The limits of a new connection from `ip`.
+    pub fn connection(&self, ip: IpAddr) -> ConnectionLimits {
+        let mut ips = self.ips.lock().unwrap_or_else(PoisonError::into_inner);
+        if ips.len() >= IDLE_IPS && !ips.contains_key(&ip) {
+            // Only this map holds an idle IP's level.
+            ips.retain(|_, level| Arc::strong_count(level) > 1);
+        }
+        let ip_level = ips.entry(ip).or_insert_with(|| level(self.limits.ip)).clone();
+        ConnectionLimits {
+            levels: [level(self.limits.connection), ip_level, self.node.clone()],
             metrics: self.metrics.clone(),
         }
+    }
+}
+
+/// The buckets one connection's calls draw on, narrowest first.
+#[derive(Clone)]
+pub struct ConnectionLimits {
+    levels: [Level; 3],
+    metrics: Arc<Metrics>,
+}
+
+impl ConnectionLimits {
+    pub fn wrap<S>(&self, inner: S) -> RateLimit<S> {
+        RateLimit { inner, limits: self.clone() }
     }
 }
 
 #[derive(Clone)]
 pub struct RateLimit<S> {
     inner: S,
-    connection: Option<Arc<Mutex<TokenBucket>>>,
-    node: Option<Arc<Mutex<TokenBucket>>>,
-    metrics: Arc<Metrics>,
-}
-
-impl<S> RateLimit<S> {
-    /// The connection's bucket goes first so that a client over its own
-    /// limit does not also drain the node's.
-    fn admit(&self) -> bool {
-        let now = Instant::now();
-        let take = |bucket: &Option<Arc<Mutex<TokenBucket>>>| {
-            bucket.as_ref().is_none_or(|b| b.lock().unwrap_or_else(|e| e.into_inner()).try_take(now))
-        };
-        take(&self.connection) && take(&self.node)
-    }
+    limits: ConnectionLimits,
 }
 
 impl<'a, S> RpcServiceT<'a> for RateLimit<S>
@@ -102,30 +126,14 @@ where
     type Future = futures::future::Either<S::Future, std::future::Ready<MethodResponse>>;
 
     fn call(&self, request: Request<'a>) -> Self::Future {
-        if self.admit() {
+        let bytes = request.params.as_ref().map_or(0, |params| params.get().len()) + request.method.len();
+        let now = Instant::now();
+        if self.limits.levels.iter().all(|level| admit(level, bytes, now)) {
             futures::future::Either::Left(self.inner.call(request))
         } else {
-            self.metrics.rpc_rate_limited.inc();
+            self.limits.metrics.rpc_rate_limited.inc();
             let error = ErrorObject::borrowed(RATE_LIMITED, "rate limited: retry later", None);
             futures::future::Either::Right(std::future::ready(MethodResponse::error(request.id, error)))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn bucket_allows_one_second_of_burst_then_refills_at_its_rate() {
-        let start = Instant::now();
-        let mut bucket = TokenBucket { per_s: 10.0, tokens: 10.0, refilled: start };
-        assert_eq!((0..20).filter(|_| bucket.try_take(start)).count(), 10);
-        assert!(!bucket.try_take(start + Duration::from_millis(50)));
-        assert!(bucket.try_take(start + Duration::from_millis(160)));
-        // A long idle period refills to the burst, not beyond it.
-        let later = start + Duration::from_secs(60);
-        assert_eq!((0..20).filter(|_| bucket.try_take(later)).count(), 10);
     }
 }

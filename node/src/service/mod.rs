@@ -1,14 +1,18 @@
 //! A running node. The network layer's event loop owns the swarm; the
-//! [`router`] takes what it hears and hands checks, storage and sync paging
-//! to a fixed pool of validation threads fed by a bounded queue; the model
-//! runs on the scheduler's own pool over the checks owed in the store, and
-//! this validator's votes are stored, fsynced, before they are gossiped
-//! ([`own_votes`]). Nothing here waits on the swarm: when the
-//! validation queue is full, gossip is ignored (not penalised), a peer's sync
-//! request is dropped and this node's own sync waits for the next tick.
+//! [`router`] takes what it hears and hands checks, storage and synced pages
+//! to a fixed pool of validation threads, and peers' sync requests to a
+//! serving pool of their own, each fed by a bounded queue ([`workers`], with
+//! [`sync`]'s rules for both directions of catch-up sync); the model runs on
+//! the scheduler's own pool over the checks owed in the store, and this
+//! validator's votes are stored, fsynced, before they are gossiped
+//! ([`own_votes`]). Nothing here waits on the swarm: when the validation
+//! queue is full, gossip is ignored (not penalised); when the serving queue
+//! is, a peer's sync request is dropped; this node's own sync waits for the
+//! next tick.
 
 mod own_votes;
 mod router;
+mod sync;
 mod workers;
 
 use std::net::SocketAddr;
@@ -44,8 +48,13 @@ pub enum StartError {
     WrongVrfKey { listed: String, derived: String },
 }
 
-/// Validation jobs waiting for a worker; beyond this, gossip is ignored.
+/// Validation jobs waiting for a worker; beyond this (or the router's byte
+/// budget), gossip is ignored.
 const VALIDATION_QUEUE: usize = 4096;
+/// Sync requests waiting for the serving thread: each is a page read of up
+/// to `SYNC_PAGE_BYTES`.
+const SERVING_QUEUE: usize = 16;
+const SERVING_THREADS: usize = 1;
 
 pub struct NodeHandle {
     pub peer_id: PeerId,
@@ -143,11 +152,26 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
     let client = network.client.clone();
 
     let (votes_tx, votes_rx) = mpsc::channel(256);
-    let (jobs, jobs_rx) = mpsc::channel(VALIDATION_QUEUE);
-    let (done, done_rx) = mpsc::channel(VALIDATION_QUEUE);
-    let validators = workers::spawn(config.validation_workers, &pipeline, jobs_rx, done).map_err(StartError::Spawn)?;
+    let (validation, validation_rx) = mpsc::channel(VALIDATION_QUEUE);
+    let (serving, serving_rx) = mpsc::channel(SERVING_QUEUE);
+    let (done, done_rx) = mpsc::channel(VALIDATION_QUEUE + SERVING_QUEUE);
+    let handler = workers::handler(pipeline.clone());
+    let mut validators = workers::spawn(
+        "validate",
+        config.validation_workers,
+        handler.clone(),
+        validation_rx,
+        done.clone(),
+        metrics.clone(),
+    )
+    .map_err(StartError::Spawn)?;
+    validators.extend(
+        workers::spawn("serve-sync", SERVING_THREADS, handler, serving_rx, done, metrics.clone())
+            .map_err(StartError::Spawn)?,
+    );
+    let queues = router::Queues { validation, serving };
     let mut background = vec![
-        tokio::spawn(router::Router::new(pipeline.clone(), client.clone(), jobs).run(
+        tokio::spawn(router::Router::new(pipeline.clone(), client.clone(), queues).run(
             network.events,
             done_rx,
             config.sync_interval,
@@ -161,7 +185,7 @@ pub async fn start(config: NodeConfig) -> Result<NodeHandle, StartError> {
     let (rpc_addr, rpc) = match config.rpc {
         Some(addr) => {
             let api = crate::rpc::Rpc::new(pipeline.clone(), Some(client.clone()));
-            let (bound, handle) = crate::rpc::serve(addr, api, config.rpc_limits)
+            let (bound, handle) = crate::rpc::serve(addr, api, config.rpc_config.clone())
                 .await
                 .map_err(|source| StartError::Serve { what: "JSON-RPC", addr, source })?;
             (Some(bound), Some(handle))

@@ -4,6 +4,7 @@
 //! never leaves one that was already voted on.
 
 use std::collections::HashSet;
+use std::sync::PoisonError;
 
 use poi_artifact::{ArtifactId, Hash32, PublicKey};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
@@ -95,7 +96,7 @@ impl Store {
 
     /// Drops a duty that no longer needs a vote (its verdict is final).
     pub fn discharge_duty(&self, artifact_id: &ArtifactId) -> Result<(), StoreError> {
-        let _writer = self.writer.lock().expect("writer lock");
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let mut batch = WriteBatch::default();
         self.batch_discharge(&mut batch, artifact_id)?;
         Ok(self.db.write_opt(batch, &self.writes)?)

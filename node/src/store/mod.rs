@@ -5,13 +5,14 @@
 //! is given and decides nothing: verdicts are the pipeline's.
 
 mod duties;
+mod history;
 mod keys;
+mod log;
 mod miner_test;
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
-use poi_artifact::sync::{SyncEntry, SyncResponse};
 use poi_artifact::{Artifact, ArtifactId, ChainId, PublicKey, Vote};
 use poi_chain_spec::ChainSpec;
 use poi_verifier::verdict::{Status, VerdictOutcome};
@@ -21,15 +22,17 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use duties::{Duty, DutyClass};
+pub use history::{History, HistoryError, HistoryQuery, MAX_EXAMINED, MAX_PAGE};
 use keys::{
-    by_miner_key, by_time_key, log_key, vote_key, CF_ARTIFACTS, CF_BY_MINER, CF_BY_TIME, CF_DUTIES, CF_DUTY_INDEX,
-    CF_LOG, CF_META, CF_MINER_EVIDENCE, CF_VERDICTS, CF_VOTES, LOG_ARTIFACT, LOG_VOTE,
+    by_miner_key, by_time_key, log_key, vote_key, CF_ARTIFACTS, CF_BY_MINER, CF_BY_STATUS, CF_BY_TIME, CF_BY_VALIDATOR,
+    CF_DUTIES, CF_DUTY_INDEX, CF_LOG, CF_META, CF_MINER_EVIDENCE, CF_VERDICTS, CF_VOTES, LOG_ARTIFACT, LOG_VOTE,
 };
+pub use log::{LogEntry, LogPage, SyncCursor};
 
 const META_CHAIN_ID: &[u8] = b"chain_id";
-const META_SYNC_PREFIX: &[u8] = b"sync/";
-/// The most rows one history page returns.
-pub const MAX_PAGE: usize = 1000;
+/// Which history indexes the store has built: 2 adds status and validator.
+const META_INDEX_VERSION: &[u8] = b"index_version";
+const INDEX_VERSION: u64 = 2;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -66,61 +69,6 @@ pub struct VerdictRecord {
     pub evidence: Option<f64>,
 }
 
-/// Filters and paging for `history`; the cursor is opaque to clients.
-#[derive(Clone, Debug, Default)]
-pub struct HistoryQuery {
-    pub miner: Option<poi_artifact::PublicKey>,
-    /// Only artifacts this validator has a counted vote on.
-    pub validator: Option<poi_artifact::PublicKey>,
-    pub status: Option<Status>,
-    pub from_ms: Option<u64>,
-    pub to_ms: Option<u64>,
-    pub cursor: Option<Vec<u8>>,
-    pub limit: usize,
-}
-
-/// One stored object in the order this node stored it, as canonical bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LogEntry {
-    Artifact(Vec<u8>),
-    Vote(Vec<u8>),
-}
-
-impl LogEntry {
-    pub fn len(&self) -> usize {
-        match self {
-            Self::Artifact(bytes) | Self::Vote(bytes) => bytes.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// A page of the log: entries from a sequence number on, and where the next
-/// page starts.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LogPage {
-    pub entries: Vec<LogEntry>,
-    pub next: u64,
-    pub more: bool,
-}
-
-impl From<LogPage> for SyncResponse {
-    fn from(page: LogPage) -> Self {
-        let entries = page
-            .entries
-            .into_iter()
-            .map(|entry| match entry {
-                LogEntry::Artifact(bytes) => SyncEntry::Artifact(bytes),
-                LogEntry::Vote(bytes) => SyncEntry::Vote(bytes),
-            })
-            .collect();
-        Self { entries, next: page.next, more: page.more }
-    }
-}
-
 pub struct Store {
     db: DB,
     /// The next log sequence number. Writers hold this lock across their
@@ -130,6 +78,9 @@ pub struct Store {
     writer: Mutex<u64>,
     /// Whether each batch is fsynced before it counts as written.
     writes: WriteOptions,
+    /// Names this store's log: a data dir made anew (same node key, log
+    /// restarting at 0) has another, so peers read it again from the start.
+    log_epoch: u64,
 }
 
 impl Store {
@@ -148,6 +99,8 @@ impl Store {
             CF_LOG,
             CF_DUTIES,
             CF_DUTY_INDEX,
+            CF_BY_STATUS,
+            CF_BY_VALIDATOR,
         ]
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&options, path, families)?;
@@ -158,7 +111,8 @@ impl Store {
                 None => 0,
             }
         };
-        let store = Self { db, writer: Mutex::new(next_seq), writes: WriteOptions::default() };
+        let log_epoch = log::open_epoch(&db)?;
+        let store = Self { db, writer: Mutex::new(next_seq), writes: WriteOptions::default(), log_epoch };
         let chain_id = spec.chain_id();
         match store.db.get_cf(store.cf(CF_META), META_CHAIN_ID)? {
             Some(found) if found != chain_id.0 => {
@@ -167,7 +121,28 @@ impl Store {
             Some(_) => {}
             None => store.db.put_cf(store.cf(CF_META), META_CHAIN_ID, chain_id.0)?,
         }
+        store.upgrade_indexes()?;
         Ok(store)
+    }
+
+    /// Builds the indexes a store written by an older version lacks.
+    fn upgrade_indexes(&self) -> Result<(), StoreError> {
+        let version = match self.db.get_cf(self.cf(CF_META), META_INDEX_VERSION)? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes[..]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt { what: "index version", detail: "not 8 bytes".into() })?,
+            ),
+            None => 1,
+        };
+        if version < INDEX_VERSION {
+            let rebuilt = self.rebuild_history_indexes()?;
+            if rebuilt > 0 {
+                tracing::info!(verdicts = rebuilt, "built the status and validator history indexes");
+            }
+            self.db.put_cf(self.cf(CF_META), META_INDEX_VERSION, INDEX_VERSION.to_be_bytes())?;
+        }
+        Ok(())
     }
 
     /// With `sync`, every batch (one per stored artifact or vote) is fsynced
@@ -196,7 +171,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let id = artifact.id();
         let received_at_ms = verdict.received_at_ms;
-        let mut next_seq = self.writer.lock().expect("writer lock");
+        let mut next_seq = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         if self.has_artifact(&id)? {
             return Ok(false);
         }
@@ -211,6 +186,7 @@ impl Store {
         }
         batch.put_cf(self.cf(CF_LOG), log_key(*next_seq, LOG_ARTIFACT, &id.0), []);
         batch.put_cf(self.cf(CF_VERDICTS), id.0, serde_json::to_vec(verdict).expect("serialisable"));
+        self.batch_history_indexes(&mut batch, &id, None, verdict)?;
         if let Some(duty) = duty {
             self.batch_duty(&mut batch, duty)?;
         }
@@ -246,14 +222,17 @@ impl Store {
         options: &WriteOptions,
     ) -> Result<bool, StoreError> {
         let key = vote_key(&vote.body.artifact_id, &vote.body.validator, &vote.id());
-        let mut next_seq = self.writer.lock().expect("writer lock");
+        let mut next_seq = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         if self.db.get_pinned_cf(self.cf(CF_VOTES), &key)?.is_some() {
             return Ok(false);
         }
+        let id = vote.body.artifact_id;
+        let previous = self.verdict(&id)?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_VOTES), &key, vote.encode());
         batch.put_cf(self.cf(CF_LOG), log_key(*next_seq, LOG_VOTE, &key), []);
-        batch.put_cf(self.cf(CF_VERDICTS), vote.body.artifact_id.0, serde_json::to_vec(verdict).expect("serialisable"));
+        batch.put_cf(self.cf(CF_VERDICTS), id.0, serde_json::to_vec(verdict).expect("serialisable"));
+        self.batch_history_indexes(&mut batch, &id, previous.as_ref(), verdict)?;
         extra(&mut batch)?;
         self.db.write_opt(batch, options)?;
         *next_seq += 1;
@@ -305,89 +284,6 @@ impl Store {
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| StoreError::Corrupt { what: "verdict", detail: e.to_string() })
-    }
-
-    /// Verdicts newest first, filtered; returns the page and the cursor of
-    /// the next page (None at the end).
-    pub fn history(&self, query: &HistoryQuery) -> Result<(Vec<VerdictRecord>, Option<Vec<u8>>), StoreError> {
-        let (cf, prefix): (&str, Vec<u8>) = match &query.miner {
-            Some(miner) => (CF_BY_MINER, miner.0.to_vec()),
-            None => (CF_BY_TIME, Vec::new()),
-        };
-        // Scans run backwards from an inclusive upper key.
-        let upper = match (&query.cursor, query.to_ms) {
-            (Some(cursor), _) => cursor.clone(),
-            (None, Some(to)) => [&prefix[..], &to.to_be_bytes(), &[0xff; 32]].concat(),
-            (None, None) => [&prefix[..], &[0xff; 40]].concat(),
-        };
-        let mut rows = Vec::new();
-        let limit = query.limit.clamp(1, MAX_PAGE);
-        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::From(&upper, Direction::Reverse)) {
-            let (key, _) = item?;
-            if !key.starts_with(&prefix) || key.len() != prefix.len() + 40 {
-                break;
-            }
-            let rest = &key[prefix.len()..];
-            let time = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
-            if query.from_ms.is_some_and(|from| time < from) {
-                break;
-            }
-            if rows.len() == limit {
-                return Ok((rows, Some(key.to_vec())));
-            }
-            let id = poi_artifact::Hash32(rest[8..].try_into().expect("32 bytes"));
-            let Some(record) = self.verdict(&id)? else { continue };
-            let status_matches = query.status.is_none_or(|s| s == record.status);
-            let validator_matches = query.validator.is_none_or(|v| record.voters.contains(&v.to_hex()));
-            if status_matches && validator_matches {
-                rows.push(record);
-            }
-        }
-        Ok((rows, None))
-    }
-
-    /// Stored objects from log sequence `from` on, up to `max_entries` or
-    /// about `max_bytes` (at least one entry, so a page always advances).
-    pub fn log_page(&self, from: u64, max_entries: usize, max_bytes: usize) -> Result<LogPage, StoreError> {
-        let mut page = LogPage { entries: Vec::new(), next: from, more: false };
-        let mut bytes = 0;
-        let start = from.to_be_bytes();
-        for item in self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::From(&start, Direction::Forward)) {
-            let (key, _) = item?;
-            if page.entries.len() == max_entries || (bytes >= max_bytes && !page.entries.is_empty()) {
-                page.more = true;
-                break;
-            }
-            let corrupt = |detail: &str| StoreError::Corrupt { what: "log", detail: detail.to_string() };
-            let seq = u64::from_be_bytes(key.get(..8).ok_or_else(|| corrupt("short key"))?.try_into().expect("8"));
-            let (family, make): (&str, fn(Vec<u8>) -> LogEntry) = match key.get(8) {
-                Some(&LOG_ARTIFACT) => (CF_ARTIFACTS, LogEntry::Artifact),
-                Some(&LOG_VOTE) => (CF_VOTES, LogEntry::Vote),
-                _ => return Err(corrupt("unknown kind")),
-            };
-            let value = self.db.get_cf(self.cf(family), &key[9..])?.ok_or_else(|| corrupt("dangling entry"))?;
-            bytes += value.len();
-            page.entries.push(make(value));
-            page.next = seq + 1;
-        }
-        Ok(page)
-    }
-
-    /// How far this node has read a peer's log (0: not at all).
-    pub fn sync_cursor(&self, peer: &[u8]) -> Result<u64, StoreError> {
-        let key = [META_SYNC_PREFIX, peer].concat();
-        Ok(match self.db.get_pinned_cf(self.cf(CF_META), key)? {
-            Some(bytes) => u64::from_be_bytes(
-                bytes[..]
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt { what: "sync cursor", detail: "not 8 bytes".into() })?,
-            ),
-            None => 0,
-        })
-    }
-
-    pub fn set_sync_cursor(&self, peer: &[u8], next: u64) -> Result<(), StoreError> {
-        Ok(self.db.put_cf_opt(self.cf(CF_META), [META_SYNC_PREFIX, peer].concat(), next.to_be_bytes(), &self.writes)?)
     }
 
     pub fn artifact_count_estimate(&self) -> Result<u64, StoreError> {

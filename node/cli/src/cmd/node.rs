@@ -20,9 +20,15 @@ pub struct Args {
     /// `listen` and `bootnodes` as arrays); flags given here win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Chain spec JSON; the embedded devnet spec when omitted.
+    /// Chain spec JSON. Required unless --dev.
     #[arg(long, value_name = "SPEC")]
     chain: Option<PathBuf>,
+    /// A development node: without --chain, run the embedded devnet spec;
+    /// with it, allow a spec whose validator keys are the well-known devnet
+    /// keys (`poi devnet`'s). Without --dev such specs are refused: anyone
+    /// can derive those keys and sign as those validators.
+    #[arg(long)]
+    dev: bool,
     /// Validator key file (`poi keys generate`). Required.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
@@ -43,10 +49,31 @@ pub struct Args {
     /// [default: 2000].
     #[arg(long, value_name = "N")]
     rpc_rate: Option<u32>,
-    /// JSON-RPC calls per second on one WebSocket connection; 0 turns the
-    /// limit off [default: 500].
+    /// JSON-RPC calls per second from one client IP; 0 turns the limit off
+    /// [default: 1000].
+    #[arg(long, value_name = "N")]
+    rpc_rate_per_ip: Option<u32>,
+    /// JSON-RPC calls per second on one connection (HTTP keep-alive or
+    /// WebSocket); 0 turns the limit off [default: 500].
     #[arg(long, value_name = "N")]
     rpc_rate_per_connection: Option<u32>,
+    /// JSON-RPC request bytes per second across all clients, in MiB; 0 turns
+    /// the limit off [default: 64]. A submit costs its size.
+    #[arg(long, value_name = "MIB")]
+    rpc_mib_rate: Option<u32>,
+    /// The same from one client IP [default: 32].
+    #[arg(long, value_name = "MIB")]
+    rpc_mib_rate_per_ip: Option<u32>,
+    /// The same on one connection [default: 16].
+    #[arg(long, value_name = "MIB")]
+    rpc_mib_rate_per_connection: Option<u32>,
+    /// A web origin (e.g. https://app.example) whose pages may call the node
+    /// from a browser, repeatable; `*` allows any. None by default: requests
+    /// carrying an `Origin` header (WebSocket handshakes and cross-site
+    /// requests from web pages) are refused, so a page cannot drive a node
+    /// on its visitor's machine.
+    #[arg(long = "rpc-allow-origin", value_name = "ORIGIN")]
+    rpc_allow_origins: Vec<String>,
     /// Prometheus metrics address, serving GET /metrics; off when omitted.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -99,8 +126,12 @@ impl Args {
                 }
             )*};
         }
-        overlay!(chain, key, data, rpc, rpc_rate, rpc_rate_per_connection, metrics, full_check_workers);
-        overlay!(max_artifact_age, max_clock_ahead);
+        overlay!(chain, key, data, rpc, rpc_rate, rpc_rate_per_ip, rpc_rate_per_connection, metrics);
+        overlay!(rpc_mib_rate, rpc_mib_rate_per_ip, rpc_mib_rate_per_connection);
+        overlay!(full_check_workers, max_artifact_age, max_clock_ahead);
+        if !self.rpc_allow_origins.is_empty() {
+            settings.rpc_allow_origins = self.rpc_allow_origins.clone();
+        }
         if let Some(model) = &self.model {
             settings.model = Some(model.clone());
         }
@@ -124,6 +155,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "--profile {profile:?} refused: a validator runs the chain's numerics profile ({}) or does not start, \
              since votes under any other profile do not count (`poi verify --full --profile` compares profiles)",
             spec.numerics.label()
+        );
+    }
+    if settings.chain.is_none() && !args.dev {
+        bail!("--chain SPEC is required (or --dev, for the embedded devnet spec, whose validator keys are public)");
+    }
+    if spec.lists_devnet_keys() && !args.dev {
+        bail!(
+            "chain {:?} lists the well-known devnet validator keys, which anyone can derive and sign with: \
+             refused without --dev",
+            spec.name
         );
     }
     let key_path =

@@ -28,7 +28,17 @@ fn start_node(dir: &Path) -> (Child, String) {
         assert!(out.status.success());
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_poi"))
-        .args(["node", "--no-model", "--rpc", "127.0.0.1:0", "--rpc-rate", "0", "--rpc-rate-per-connection", "0"])
+        .args([
+            "node",
+            "--dev",
+            "--no-model",
+            "--rpc",
+            "127.0.0.1:0",
+            "--rpc-rate",
+            "0",
+            "--rpc-rate-per-connection",
+            "0",
+        ])
         .arg("--key")
         .arg(&key)
         .arg("--data")

@@ -95,6 +95,28 @@ fn a_node_refuses_another_numerics_profile() {
     assert!(text(&out).contains("gguf-native-cpu/v2"), "{}", text(&out));
 }
 
+/// The devnet's validator keys are public: a node that ran its spec by
+/// default, or any spec listing one of them, would take votes anyone can
+/// sign. Refused unless `--dev`.
+#[test]
+fn a_node_refuses_the_devnet_keys_unless_dev() {
+    let out = poi(&["node", "--key", "absent.key", "--data", "absent"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--chain SPEC is required (or --dev"), "{}", text(&out));
+
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("chain.json");
+    let local = poi_chain_spec::ChainSpec::local_devnet(2, 0.5).unwrap();
+    std::fs::write(&spec, serde_json::to_string(&local).unwrap()).unwrap();
+    let out = poi(&["node", "--chain", spec.to_str().unwrap(), "--key", "absent.key", "--data", "absent"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("lists the well-known devnet validator keys"), "{}", text(&out));
+    // With --dev it gets past the check: to the missing key file.
+    let out = poi(&["node", "--dev", "--chain", spec.to_str().unwrap(), "--key", "absent.key", "--data", "absent"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(!text(&out).contains("devnet validator keys") && text(&out).contains("absent.key"), "{}", text(&out));
+}
+
 /// The miner key `poi keys generate` wrote (JSON with the hex secret).
 fn poi_cli_key(path: &std::path::Path) -> Keypair {
     let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();

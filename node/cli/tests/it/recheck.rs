@@ -26,7 +26,7 @@ impl Node {
     fn start(spec: &Path, key: &Path, data: &Path, bootnode: Option<&str>) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_poi"));
         command
-            .args(["node", "--rpc", "127.0.0.1:0", "--rpc-rate", "0", "--rpc-rate-per-connection", "0"])
+            .args(["node", "--dev", "--rpc", "127.0.0.1:0", "--rpc-rate", "0", "--rpc-rate-per-connection", "0"])
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--chain"])
             .arg(spec)
             .arg("--key")

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::{ensure, Context};
 use clap::Subcommand;
 
+mod attacks;
+mod history;
 mod model;
 mod network;
 mod store;
@@ -42,6 +44,10 @@ pub enum BenchCommand {
     /// Store writes (one batch per artifact, as the node writes them) without
     /// and with an fsync per batch (`poi node --sync-writes`), side by side.
     Store(store::Args),
+    /// One verdict-history page per filter (time, miner, status, validator,
+    /// a time range, a combination) in a store of many artifacts: rows,
+    /// index keys examined, latency.
+    History(history::Args),
     /// Vote floods against one node's pipeline (DESIGN §7b), side by side
     /// with no flood: votes kept, store size, time spent, honest verdict
     /// latency.
@@ -91,6 +97,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Model(args) => return model::run(args),
         BenchCommand::Network(args) => return network::run(args),
         BenchCommand::Store(args) => return store::run(args),
+        BenchCommand::History(args) => return history::run(args),
         BenchCommand::Votes(args) => return votes::run(args),
     };
     let text = std::fs::read_to_string(&vectors).with_context(|| format!("reading {}", vectors.display()))?;

@@ -93,7 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             generate_rate / reference.generate_tokens_per_s
         );
     }
-    match peak_rss_mib() {
+    match crate::stats::peak_rss_mib() {
         Some(mib) => println!("peak RSS   {mib:.0} MiB"),
         None => println!("peak RSS   unknown (no /proc/self/status)"),
     }
@@ -113,12 +113,4 @@ fn llama_cpp(model: &std::path::Path, prefill: usize, generate: usize) -> anyhow
         bail!("bench-llama-cpp.py failed: {}", String::from_utf8_lossy(&output.stderr));
     }
     serde_json::from_slice(&output.stdout).context("bench-llama-cpp.py printed no JSON result")
-}
-
-/// The process's peak resident set (VmHWM), Linux only.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }

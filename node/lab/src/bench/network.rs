@@ -2,7 +2,9 @@
 //! replay-checking and storing every artifact; artifacts are submitted over
 //! JSON-RPC to the nodes in turn, and each node's verdict feed timestamps
 //! when it stored each one. Reports sustained artifacts/s and the latency
-//! from submit to stored on every node.
+//! from submit to stored on every node; with `--flood` or `--attack`, the
+//! same again on fresh nodes under attack, side by side, with each run's
+//! peak resident memory.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -26,6 +28,7 @@ use poi_verifier::simulate::{build, forged, Chooser};
 use rayon::prelude::*;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::attacks::{self, Attack};
 use crate::stats::quantile;
 
 #[derive(clap::Args)]
@@ -45,6 +48,16 @@ pub struct Args {
     /// whether the flooder was graylisted.
     #[arg(long, value_name = "N", default_value_t = 0)]
     flood: usize,
+    /// Run once more per attack given (repeatable), each on fresh nodes.
+    #[arg(long, value_enum)]
+    attack: Vec<Attack>,
+}
+
+/// Who else is on the network during a run.
+enum Adversary {
+    None,
+    Flood(Vec<Vec<u8>>),
+    Attack(Attack),
 }
 
 struct Figures {
@@ -56,6 +69,19 @@ struct Figures {
     /// With a flood: forged artifacts that reached node 0's replay check,
     /// and whether the flooder fell below the graylist threshold.
     flood: Option<(u64, bool)>,
+    /// Under an attack: node 0's view of it.
+    attacked: Option<Attacked>,
+    peak_rss_mib: Option<f64>,
+}
+
+struct Attacked {
+    attack: Attack,
+    answered: u64,
+    sync_refused: u64,
+    banned: u64,
+    gossip_checked: u64,
+    gossip_ignored: u64,
+    rpc_refused: u64,
 }
 
 impl Figures {
@@ -81,16 +107,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let forged: Vec<Vec<u8>> =
         (0..args.flood as u64).into_par_iter().map(|seed| forged(&spec, 16, (1 << 40) + seed)).collect();
     let runtime = tokio::runtime::Runtime::new()?;
-    let baseline = runtime.block_on(measure(&spec, &args, &artifacts, Vec::new()))?;
+    let baseline = runtime.block_on(measure(&spec, &args, &artifacts, Adversary::None))?;
     println!("nodes                      {}", args.nodes);
     println!("artifacts                  {} of {} tokens, k = {}", args.artifacts, args.tokens, spec.logged_k);
     report("", &baseline, args.artifacts);
     if args.flood > 0 {
-        let flooded = runtime.block_on(measure(&spec, &args, &artifacts, forged))?;
+        let flooded = runtime.block_on(measure(&spec, &args, &artifacts, Adversary::Flood(forged)))?;
         println!("with a peer flooding {} forged artifacts to node 0:", args.flood);
         report("  ", &flooded, args.artifacts);
         let ratio = flooded.throughput() / baseline.throughput();
         println!("  honest throughput        {:.2}× the run without flood", ratio);
+    }
+    for &attack in &args.attack {
+        let attacked = runtime.block_on(measure(&spec, &args, &artifacts, Adversary::Attack(attack)))?;
+        println!("under attack {attack:?}:");
+        report("  ", &attacked, args.artifacts);
+        let ratio = attacked.throughput() / baseline.throughput();
+        println!("  honest throughput        {:.2}× the run without attack", ratio);
     }
     println!(
         "threads                    {} cores shared by all nodes",
@@ -105,15 +138,16 @@ async fn measure(
     spec: &ChainSpec,
     args: &Args,
     artifacts: &[(String, Vec<u8>)],
-    forged: Vec<Vec<u8>>,
+    adversary: Adversary,
 ) -> anyhow::Result<Figures> {
+    crate::stats::reset_peak_rss();
     let dir = tempfile::tempdir()?;
     let mut nodes: Vec<NodeHandle> = Vec::new();
     for i in 0..args.nodes {
         let mut config = NodeConfig::new(spec.clone(), devnet_keypair(i), dir.path().join(format!("node{i}")));
         config.bootnodes = nodes.iter().map(NodeHandle::dial_addr).collect();
         // The benchmark is the only client: measure the node, not the limit.
-        config.rpc_limits = RpcLimits { node_calls_per_s: None, connection_calls_per_s: None };
+        config.rpc_config.limits = RpcLimits::UNLIMITED;
         // Simulated artifacts carry fixed, long-past creation times.
         config.admission = Admission::ANY_AGE;
         nodes.push(service::start(config).await.with_context(|| format!("starting node {i}"))?);
@@ -123,7 +157,11 @@ async fn measure(
     while nodes.iter().any(|n| n.metrics.peers.get() < i64::from(args.nodes) - 1) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let flooder = if forged.is_empty() { None } else { Some(start_flood(spec, &nodes[0], forged).await?) };
+    let (flooder, attack) = match adversary {
+        Adversary::None => (None, None),
+        Adversary::Flood(forged) => (Some(start_flood(spec, &nodes[0], forged).await?), None),
+        Adversary::Attack(attack) => (None, Some((attack, attacks::start(attack, spec, &nodes[0]).await?))),
+    };
     let flooder_peer = flooder.as_ref().map(|(peer, _)| *peer);
     let mut graylisted = false;
     let settle = Instant::now() + Duration::from_secs(2);
@@ -201,6 +239,19 @@ async fn measure(
         }
         None => None,
     };
+    let attacked = attack.map(|(attack, running)| {
+        let metrics = &nodes[0].metrics;
+        Attacked {
+            attack,
+            answered: running.answered.load(std::sync::atomic::Ordering::Relaxed),
+            sync_refused: metrics.sync_requests_refused.get(),
+            banned: metrics.peers_banned.get(),
+            gossip_checked: metrics.artifacts_rejected.get_or_create(&SourceLabel { source: "gossip" }).get(),
+            gossip_ignored: metrics.gossip_dropped.get(),
+            rpc_refused: metrics.rpc_rate_limited.get(),
+        }
+    });
+    let peak_rss_mib = crate::stats::peak_rss_mib();
     let lagged = *lagged.lock().expect("lagged");
     for feed in feeds {
         feed.abort();
@@ -208,7 +259,7 @@ async fn measure(
     for node in nodes {
         node.stop().await;
     }
-    Ok(Figures { submit_seconds, seconds, latencies, lagged, flood })
+    Ok(Figures { submit_seconds, seconds, latencies, lagged, flood, attacked, peak_rss_mib })
 }
 
 /// Whether `node` scores `peer` below the graylist threshold now.
@@ -260,5 +311,24 @@ fn report(indent: &str, figures: &Figures, artifacts: usize) {
     }
     if let Some((checked, graylisted)) = figures.flood {
         println!("{indent}forged artifacts checked   {checked} (the rest dropped by gossipsub); flooder graylisted: {graylisted}");
+    }
+    if let Some(a) = &figures.attacked {
+        match a.attack {
+            Attack::SyncFlood => println!(
+                "{indent}node 0 served the attackers {} pages, refused {} requests, banned {} peers",
+                a.answered, a.sync_refused, a.banned
+            ),
+            Attack::Sybils => println!(
+                "{indent}node 0 checked {} forgeries, ignored {} gossip messages (queue full)",
+                a.gossip_checked, a.gossip_ignored
+            ),
+            Attack::RpcScan => println!(
+                "{indent}node 0 answered {} history scans, refused {} calls (rate limits)",
+                a.answered, a.rpc_refused
+            ),
+        }
+    }
+    if let Some(rss) = figures.peak_rss_mib {
+        println!("{indent}peak RSS (this run)        {rss:.0} MiB, all nodes and clients in one process");
     }
 }

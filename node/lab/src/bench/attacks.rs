@@ -1,0 +1,172 @@
+//! The hostile peers and clients of `poi-lab bench network --attack`, each
+//! as an attacker who read the code would run it (DESIGN §7b): within every
+//! per-peer rule, with many identities where identities are free.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::request_response;
+use libp2p::swarm::SwarmEvent;
+use poi_chain_spec::ChainSpec;
+use poi_node::network::{join_as_outsider, BehaviourEvent, SyncRequest};
+use poi_node::service::NodeHandle;
+use poi_verifier::simulate::forged;
+use rayon::prelude::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::task::JoinHandle;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Attack {
+    /// 8 outside identities asking node 0 for its whole log (`from: 0`),
+    /// each one request in flight at just under the per-peer rate.
+    SyncFlood,
+    /// 8 outside identities publishing the largest forgeries the spec
+    /// allows to node 0, as fast as their connections take them.
+    Sybils,
+    /// A client on another loopback address (127.0.0.2) scanning node 0's
+    /// history with rare filters (status `disputed`, 1000-row pages) from 8
+    /// connections, as fast as the rate limit lets it.
+    RpcScan,
+}
+
+const IDENTITIES: usize = 8;
+/// Just under `service::sync`'s 20 pages per peer per second.
+const SYNC_ASKS_PER_S: u64 = 19;
+
+/// A running attack: its tasks and what it got.
+pub struct Running {
+    tasks: Vec<JoinHandle<()>>,
+    /// Sync pages or RPC answers the attacker got.
+    pub answered: Arc<AtomicU64>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+pub async fn start(attack: Attack, spec: &ChainSpec, target: &NodeHandle) -> anyhow::Result<Running> {
+    let answered = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    match attack {
+        Attack::SyncFlood => {
+            for _ in 0..IDENTITIES {
+                tasks.push(sync_asker(spec, target, answered.clone()).await?);
+            }
+        }
+        Attack::Sybils => {
+            let tokens = spec.limits.max_generated_tokens as usize;
+            for sybil in 0..IDENTITIES as u64 {
+                let forgeries: Vec<Vec<u8>> =
+                    (0..200).into_par_iter().map(|i| forged(spec, tokens, (2 << 40) + sybil * 1000 + i)).collect();
+                tasks.push(publisher(spec, target, forgeries).await?);
+            }
+        }
+        Attack::RpcScan => {
+            let addr = target.rpc_addr.ok_or_else(|| anyhow::anyhow!("node 0 has no RPC"))?;
+            for _ in 0..IDENTITIES {
+                tasks.push(tokio::spawn(scan_history(addr, answered.clone())));
+            }
+        }
+    }
+    Ok(Running { tasks, answered })
+}
+
+/// One outside identity asking for `from: 0`, one request at a time, paced.
+async fn sync_asker(spec: &ChainSpec, target: &NodeHandle, answered: Arc<AtomicU64>) -> anyhow::Result<JoinHandle<()>> {
+    let (mut swarm, _) = join_as_outsider(spec, target.dial_addr(), Duration::from_secs(20)).await?;
+    let peer = target.peer_id;
+    Ok(tokio::spawn(async move {
+        let mut pace = tokio::time::interval(Duration::from_millis(1000 / SYNC_ASKS_PER_S));
+        loop {
+            pace.tick().await;
+            let asked = swarm.behaviour_mut().sync.send_request(&peer, SyncRequest { from: 0 });
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                        message: request_response::Message::Response { request_id, .. },
+                        ..
+                    })) if request_id == asked => {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::OutboundFailure {
+                        request_id,
+                        ..
+                    })) if request_id == asked => break,
+                    _ => {}
+                }
+            }
+        }
+    }))
+}
+
+/// One outside identity publishing `forgeries` as fast as gossipsub takes
+/// them, then staying connected.
+async fn publisher(spec: &ChainSpec, target: &NodeHandle, forgeries: Vec<Vec<u8>>) -> anyhow::Result<JoinHandle<()>> {
+    let (mut swarm, topics) = join_as_outsider(spec, target.dial_addr(), Duration::from_secs(20)).await?;
+    Ok(tokio::spawn(async move {
+        for bytes in forgeries {
+            let _ = swarm.behaviour_mut().gossipsub.publish(topics.artifacts.clone(), bytes);
+            let _ = tokio::time::timeout(Duration::from_millis(1), swarm.select_next_some()).await;
+        }
+        loop {
+            swarm.select_next_some().await;
+        }
+    }))
+}
+
+/// History calls with a rare filter over one keep-alive HTTP connection
+/// from 127.0.0.2, one after another; reconnects when the node closes it.
+async fn scan_history(addr: std::net::SocketAddr, answered: Arc<AtomicU64>) {
+    let body =
+        r#"{"jsonrpc":"2.0","id":1,"method":"poi_verdictHistory","params":[{"status":"disputed","limit":1000}]}"#;
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    loop {
+        let Ok(socket) = tokio::net::TcpSocket::new_v4() else { return };
+        if socket.bind("127.0.0.2:0".parse().expect("address")).is_err() {
+            return;
+        }
+        let Ok(stream) = socket.connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let mut stream = BufReader::new(stream);
+        while let Ok(length) = exchange(&mut stream, &request).await {
+            if length > 0 {
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Sends one request and reads the response; its body length.
+async fn exchange(stream: &mut BufReader<tokio::net::TcpStream>, request: &str) -> std::io::Result<usize> {
+    stream.get_mut().write_all(request.as_bytes()).await?;
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        if stream.read_line(&mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().ok();
+        }
+    }
+    let length = length.ok_or(std::io::ErrorKind::InvalidData)?;
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).await?;
+    // A refused call is an error object, not a page.
+    Ok(if body.windows(8).any(|w| w == b"\"error\":") { 0 } else { length })
+}
