@@ -49,8 +49,9 @@ async fn a_peer_flooding_sync_requests_is_banned_and_gossip_still_flows() {
     let answers = answers.expect("the flood ends within 30 s");
     let served = answers.iter().filter(|a| a.as_ref().is_ok_and(|page| !page.entries.is_empty())).count();
     eprintln!("sync flood: {served} of {} requests served in {:?}", answers.len(), flooding.elapsed());
-    // At most a second's burst and refill of the per-peer rate (2 × 20)
-    // and the ten requests it took to earn the ban; before, all 400.
+    // At most a second's burst and refill of the rates (20 pages/s per
+    // peer, 5 for all outsiders) and the ten requests it took to earn the
+    // ban; before, all 400.
     assert!(served <= 50, "{served} pages served to a peer asking out of turn");
 
     let all: Vec<_> = ids(&stock).into_iter().chain(ids(&honest)).collect();

@@ -4,9 +4,14 @@
 //! graylisted is asked, one page at a time, for its log from the cursor this
 //! node keeps for it.
 //!
-//! The validation queue holds at most [`QUEUE_BYTES`] of gossip, and one
-//! peer's forwards at most [`PEER_QUEUE_BYTES`] of it; past either, gossip
-//! is ignored (not penalised). Sync requests go to the serving pool through
+//! The validation queue holds at most [`QUEUE_BYTES`] of gossip, one
+//! validator's forwards at most [`PEER_QUEUE_BYTES`] of it, and peers
+//! outside the validator set (whose identities cost nothing) at most
+//! [`OUTSIDERS_QUEUE_BYTES`] together and [`OUTSIDER_QUEUE_BYTES`] each,
+//! and [`OUTSIDER_BYTES_PER_S`] together (gossipsub graylists a peer only
+//! after its rejects land, so each new identity gets some checks for free:
+//! this rate bounds what all of them cost); past any of these, gossip is
+//! ignored (not penalised). Sync requests go to the serving pool through
 //! [`ServeGate`]'s rules; peers that break them, or send invalid pages, are
 //! banned for [`BAN_TIME`].
 
@@ -23,6 +28,7 @@ use super::sync::{validator_peers, Admit, OutsiderCursors, PageOutcome, ServeGat
 use super::workers::{Done, Job};
 use crate::network::{NetworkClient, NetworkError, NetworkEvent, SyncResponse, GRAYLIST_THRESHOLD};
 use crate::pipeline::Pipeline;
+use crate::rate::TokenBucket;
 use crate::store::SyncCursor;
 
 /// Gossip bytes waiting for validation, in all and from one peer. At 1 MiB,
@@ -30,6 +36,14 @@ use crate::store::SyncCursor;
 /// time, well inside gossipsub's 2.5 s cache window.
 pub(super) const QUEUE_BYTES: usize = 64 << 20;
 pub(super) const PEER_QUEUE_BYTES: usize = 16 << 20;
+/// Sybils together hold no more of the queue than this, however many they
+/// are, and each little enough that its first rejects land (and graylist
+/// it) before much more of its gossip is checked.
+pub(super) const OUTSIDERS_QUEUE_BYTES: usize = 8 << 20;
+pub(super) const OUTSIDER_QUEUE_BYTES: usize = 2 << 20;
+/// 100 artifacts of 256 tokens a second from miners and relays outside the
+/// validator set; validators forward each other everything.
+pub(super) const OUTSIDER_BYTES_PER_S: u32 = 2 << 20;
 
 /// The queues the router feeds.
 pub(super) struct Queues {
@@ -37,28 +51,48 @@ pub(super) struct Queues {
     pub serving: mpsc::Sender<Job>,
 }
 
-/// Gossip bytes each peer has waiting in the validation queue.
-#[derive(Default)]
+/// Gossip bytes waiting in the validation queue: in all, from peers
+/// outside the validator set, and from each peer (with whether it is a
+/// validator).
 struct GossipBudget {
     total: usize,
-    by_peer: HashMap<PeerId, usize>,
+    outsiders: usize,
+    outsider_rate: TokenBucket,
+    by_peer: HashMap<PeerId, (usize, bool)>,
+}
+
+impl Default for GossipBudget {
+    fn default() -> Self {
+        Self { total: 0, outsiders: 0, outsider_rate: TokenBucket::new(OUTSIDER_BYTES_PER_S), by_peer: HashMap::new() }
+    }
 }
 
 impl GossipBudget {
-    fn try_reserve(&mut self, peer: PeerId, bytes: usize) -> bool {
-        let held = self.by_peer.get(&peer).copied().unwrap_or(0);
-        if self.total + bytes > QUEUE_BYTES || held + bytes > PEER_QUEUE_BYTES {
+    fn try_reserve(&mut self, peer: PeerId, validator: bool, bytes: usize) -> bool {
+        let held = self.by_peer.get(&peer).map_or(0, |(held, _)| *held);
+        let (peer_limit, outsiders) =
+            if validator { (PEER_QUEUE_BYTES, 0) } else { (OUTSIDER_QUEUE_BYTES, self.outsiders + bytes) };
+        if self.total + bytes > QUEUE_BYTES || held + bytes > peer_limit || outsiders > OUTSIDERS_QUEUE_BYTES {
+            return false;
+        }
+        if !validator && !self.outsider_rate.try_take_n(bytes as f64, Instant::now()) {
             return false;
         }
         self.total += bytes;
-        self.by_peer.insert(peer, held + bytes);
+        if !validator {
+            self.outsiders += bytes;
+        }
+        self.by_peer.insert(peer, (held + bytes, validator));
         true
     }
 
     fn release(&mut self, peer: &PeerId, bytes: usize) {
         self.total = self.total.saturating_sub(bytes);
-        if let Some(held) = self.by_peer.get_mut(peer) {
+        if let Some((held, validator)) = self.by_peer.get_mut(peer) {
             *held = held.saturating_sub(bytes);
+            if !*validator {
+                self.outsiders = self.outsiders.saturating_sub(bytes);
+            }
             if *held == 0 {
                 self.by_peer.remove(peer);
             }
@@ -128,7 +162,7 @@ impl Router {
         match event {
             NetworkEvent::Gossip { topic, message_id, source, data } => {
                 let bytes = data.len();
-                if !self.budget.try_reserve(source, bytes) {
+                if !self.budget.try_reserve(source, self.validators.contains(&source), bytes) {
                     return self.ignore(message_id, source).await;
                 }
                 if let Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) =
@@ -294,18 +328,34 @@ mod tests {
     /// Before: the queue was bounded by count only (4096 jobs of up to
     /// 1 MiB each), so a few peers could park gigabytes in it.
     #[test]
-    fn the_gossip_budget_bounds_bytes_in_all_and_per_peer() {
+    fn the_gossip_budget_bounds_bytes_in_all_per_peer_and_for_outsiders() {
+        const MIB: usize = 1 << 20;
         let mut budget = GossipBudget::default();
         let (flooder, honest) = (PeerId::random(), PeerId::random());
-        let reserved = (0..100).filter(|_| budget.try_reserve(flooder, 1 << 20)).count();
-        assert_eq!(reserved, PEER_QUEUE_BYTES >> 20, "one peer holds at most its share");
-        assert!(budget.try_reserve(honest, 1 << 20), "another peer still has room");
-        let sybils: usize = (0..100).map(|_| PeerId::random()).filter(|p| budget.try_reserve(*p, 1 << 20)).count();
-        assert_eq!(budget.total, QUEUE_BYTES, "{sybils} sybils filled the rest, no more");
-        budget.release(&flooder, 1 << 20);
-        assert!(budget.try_reserve(honest, 1 << 20), "released bytes are free again");
+        let reserved = (0..100).filter(|_| budget.try_reserve(flooder, true, MIB)).count();
+        assert_eq!(reserved, PEER_QUEUE_BYTES / MIB, "one validator holds at most its share");
+        assert!(budget.try_reserve(honest, true, MIB), "another validator still has room");
+
+        let sybils: Vec<PeerId> = (0..100).map(|_| PeerId::random()).collect();
+        let held: usize = sybils.iter().map(|p| (0..10).filter(|_| budget.try_reserve(*p, false, MIB)).count()).sum();
+        // The outsiders' rate (a second's burst) runs out before their
+        // share of the queue does.
+        assert_eq!(held, OUTSIDER_BYTES_PER_S as usize / MIB, "sybils together get one outsiders' rate");
+        assert!(held * MIB <= OUTSIDERS_QUEUE_BYTES);
+        assert!(budget.by_peer.values().all(|(bytes, _)| *bytes <= PEER_QUEUE_BYTES));
+        assert!(budget.try_reserve(honest, true, MIB), "validators still have room");
+        let validators: usize =
+            (0..100).map(|_| PeerId::random()).filter(|p| budget.try_reserve(*p, true, MIB)).count();
+        assert_eq!(budget.total, QUEUE_BYTES, "{validators} more validators filled the rest, no more");
+
+        budget.release(&flooder, MIB);
+        assert!(budget.try_reserve(honest, true, MIB), "released bytes are free again");
+        for sybil in &sybils {
+            budget.release(sybil, OUTSIDER_QUEUE_BYTES);
+        }
+        assert_eq!(budget.outsiders, 0);
         for _ in 0..reserved {
-            budget.release(&flooder, 1 << 20);
+            budget.release(&flooder, MIB);
         }
         assert!(!budget.by_peer.contains_key(&flooder), "a peer with nothing queued takes no entry");
     }

@@ -29,8 +29,9 @@ use crate::store::SyncCursor;
 /// [`MIN_REQUEST_INTERVAL`], so an honest node stays under this.
 const PAGES_PER_PEER_PER_S: u32 = 20;
 /// Pages per second all peers outside the validator set may ask for
-/// together.
-const PAGES_FOR_OUTSIDERS_PER_S: u32 = 20;
+/// together: 2560 entries/s of catch-up for relays and tools, and at most
+/// about 5 MiB/s of this node's upload for strangers.
+const PAGES_FOR_OUTSIDERS_PER_S: u32 = 5;
 /// The shortest time between two requests this node sends one peer.
 pub(super) const MIN_REQUEST_INTERVAL: Duration = Duration::from_millis(100);
 const STRIKES_TO_BAN: u32 = 10;

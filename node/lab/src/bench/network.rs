@@ -16,11 +16,10 @@ use futures::StreamExt;
 use jsonrpsee::http_client::HttpClientBuilder;
 use libp2p::PeerId;
 use poi_chain_spec::{devnet_keypair, ChainSpec};
-use poi_node::config::NodeConfig;
+use poi_node::config::{NodeConfig, Settings};
 use poi_node::metrics::SourceLabel;
 use poi_node::network::{join_as_outsider, GRAYLIST_THRESHOLD};
 use poi_node::pipeline::Admission;
-use poi_node::rpc::RpcLimits;
 use poi_node::service::{self, NodeHandle};
 use poi_rpc_api::PoiApiClient;
 use poi_rpc_api::SubmitResult;
@@ -146,8 +145,9 @@ async fn measure(
     for i in 0..args.nodes {
         let mut config = NodeConfig::new(spec.clone(), devnet_keypair(i), dir.path().join(format!("node{i}")));
         config.bootnodes = nodes.iter().map(NodeHandle::dial_addr).collect();
-        // The benchmark is the only client: measure the node, not the limit.
-        config.rpc_config.limits = RpcLimits::UNLIMITED;
+        // The default limits, as an operator runs them: the honest load
+        // stays under them, and an RPC attacker meets them.
+        config.rpc_config.limits = Settings::default().rpc_limits();
         // Simulated artifacts carry fixed, long-past creation times.
         config.admission = Admission::ANY_AGE;
         nodes.push(service::start(config).await.with_context(|| format!("starting node {i}"))?);
