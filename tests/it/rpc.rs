@@ -217,19 +217,10 @@ async fn call_rate_is_limited_per_connection_and_per_node() {
 }
 
 /// A raw HTTP POST to `addr` from the local address `from`.
+/// A raw HTTP POST, as [`reqwest_free_post`], sent from the local address
+/// `from` (any loopback address: 127.0.0.2 plays a remote client).
 async fn post_from(from: std::net::IpAddr, addr: &str, body: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(std::net::SocketAddr::new(from, 0)).unwrap();
-    let mut stream = socket.connect(addr.parse().unwrap()).await.unwrap();
-    let request = format!(
-        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(request.as_bytes()).await;
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response).await;
-    String::from_utf8_lossy(&response).into_owned()
+    raw_post(Some(from), addr, "", body).await
 }
 
 /// The attack: a remote client calls as fast as it can. Before, HTTP
@@ -317,8 +308,16 @@ async fn reqwest_free_post(addr: &str, body: &str) -> String {
 
 /// The same with extra header lines (each ending in CRLF).
 async fn reqwest_free_post_with(addr: &str, headers: &str, body: &str) -> String {
+    raw_post(None, addr, headers, body).await
+}
+
+async fn raw_post(from: Option<std::net::IpAddr>, addr: &str, headers: &str, body: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(from) = from {
+        socket.bind(std::net::SocketAddr::new(from, 0)).unwrap();
+    }
+    let mut stream = socket.connect(addr.parse().unwrap()).await.unwrap();
     let request = format!(
         "POST / HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
