@@ -46,6 +46,8 @@ pub struct Settings {
     pub rpc_mib_rate: u32,
     pub rpc_mib_rate_per_ip: u32,
     pub rpc_mib_rate_per_connection: u32,
+    /// Open JSON-RPC sockets one client source may hold; 0 is unlimited.
+    pub rpc_sockets_per_ip: u32,
     /// Web origins whose pages may call the node (the `Origin` header of a
     /// WebSocket handshake or cross-site request); `"*"` allows any. None by
     /// default: a request carrying an `Origin` is refused.
@@ -82,6 +84,9 @@ impl Default for Settings {
             rpc_mib_rate: 64,
             rpc_mib_rate_per_ip: 32,
             rpc_mib_rate_per_connection: 16,
+            // An eighth of the node's sockets: the local miner and tools
+            // need a few, and eight remote sources are needed to fill it.
+            rpc_sockets_per_ip: 32,
             rpc_allow_origins: Vec::new(),
             metrics: None,
             full_check_workers: 1,
@@ -109,7 +114,11 @@ impl Settings {
     }
 
     pub fn rpc_config(&self) -> RpcConfig {
-        RpcConfig { limits: self.rpc_limits(), allowed_origins: self.rpc_allow_origins.clone() }
+        RpcConfig {
+            limits: self.rpc_limits(),
+            allowed_origins: self.rpc_allow_origins.clone(),
+            max_sockets_per_ip: (self.rpc_sockets_per_ip > 0).then_some(self.rpc_sockets_per_ip as usize),
+        }
     }
 
     pub fn admission(&self) -> Admission {
@@ -213,6 +222,7 @@ mod tests {
             rpc_mib_rate = 0
             rpc_mib_rate_per_ip = 2
             rpc_mib_rate_per_connection = 1
+            rpc_sockets_per_ip = 4
             rpc_allow_origins = ["https://app.example"]
             metrics = "127.0.0.1:9615"
             no_model = true
@@ -230,6 +240,7 @@ mod tests {
         assert_eq!(limits.ip, Rate { calls_per_s: Some(9), bytes_per_s: Some(2 << 20) });
         assert_eq!(limits.connection, Rate { calls_per_s: Some(7), bytes_per_s: Some(1 << 20) });
         assert_eq!(settings.rpc_config().allowed_origins, ["https://app.example"]);
+        assert_eq!(settings.rpc_config().max_sockets_per_ip, Some(4));
         assert_eq!(settings.admission(), Admission::ANY_AGE, "age 0 turns the window off");
         assert!(settings.no_model && settings.sync_writes);
         let config = NodeConfig::from_settings(ChainSpec::devnet(), Keypair::generate(), "d".into(), &settings);

@@ -20,15 +20,16 @@ use poi_rpc_api::error_code::RATE_LIMITED;
 use poi_rpc_api::{HistoryFilter, HistoryPage, NodeStatus, PoiApiClient, Status, SubmitResult};
 use poi_verifier::miner_test::MinerTest;
 
+/// A node with the default RPC settings.
 async fn node(dir: &std::path::Path) -> (String, jsonrpsee::server::ServerHandle) {
-    limited_node(dir, Settings::default().rpc_limits()).await.0
+    configured_node(dir, Settings::default().rpc_config()).await.0
 }
 
 async fn limited_node(
     dir: &std::path::Path,
     limits: RpcLimits,
 ) -> ((String, jsonrpsee::server::ServerHandle), Arc<Metrics>) {
-    configured_node(dir, RpcConfig { limits, allowed_origins: Vec::new() }).await
+    configured_node(dir, RpcConfig { limits, ..RpcConfig::default() }).await
 }
 
 async fn configured_node(
@@ -216,7 +217,6 @@ async fn call_rate_is_limited_per_connection_and_per_node() {
     handle.stop().unwrap();
 }
 
-/// A raw HTTP POST to `addr` from the local address `from`.
 /// A raw HTTP POST, as [`reqwest_free_post`], sent from the local address
 /// `from` (any loopback address: 127.0.0.2 plays a remote client).
 async fn post_from(from: std::net::IpAddr, addr: &str, body: &str) -> String {
@@ -243,6 +243,51 @@ async fn one_client_ip_cannot_lock_out_another() {
     let local = HttpClientBuilder::default().build(format!("http://{addr}")).unwrap();
     let (local_answered, _) = burst(&local, 10).await;
     assert_eq!(local_answered, 10, "the local client was locked out");
+    handle.stop().unwrap();
+}
+
+/// The attack: a remote client opens every socket the server will hold and
+/// sends nothing (or one request, then idles on keep-alive). Before, the
+/// sockets were shared by all clients and a silent one was held for ever,
+/// so the local miner's connection was closed on accept; now one source
+/// holds at most its share, and a socket that sends no request head in
+/// time is closed.
+#[tokio::test]
+async fn one_client_ip_cannot_hold_every_socket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, handle) = node(dir.path()).await;
+    let remote: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut silent = Vec::new();
+    for i in 0..300 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(std::net::SocketAddr::new(remote, 0)).unwrap();
+        let mut stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+        if i % 2 == 0 {
+            // One request, then an idle keep-alive connection.
+            let body = r#"{"jsonrpc":"2.0","id":1,"method":"poi_status","params":[]}"#;
+            let request = format!(
+                "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(request.as_bytes()).await;
+        }
+        silent.push(stream);
+    }
+    let local = HttpClientBuilder::default().build(format!("http://{addr}")).unwrap();
+    for _ in 0..10 {
+        let status: Result<NodeStatus, _> = local.status().await;
+        status.expect("the local client was locked out by idle sockets");
+    }
+
+    // Every socket the remote holds is closed within the header timeout.
+    let deadline = std::time::Instant::now() + poi_node::rpc::HEADER_TIMEOUT * 3;
+    for stream in &mut silent {
+        let mut sink = Vec::new();
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let closed = tokio::time::timeout(left, stream.read_to_end(&mut sink)).await;
+        assert!(closed.is_ok(), "a silent socket was still held after {:?}", poi_node::rpc::HEADER_TIMEOUT * 3);
+    }
     handle.stop().unwrap();
 }
 
@@ -279,7 +324,7 @@ async fn a_submit_costs_its_bytes() {
 #[tokio::test]
 async fn web_origins_are_refused_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
-    let config = RpcConfig { limits: RpcLimits::UNLIMITED, allowed_origins: vec!["https://app.example".into()] };
+    let config = RpcConfig { allowed_origins: vec!["https://app.example".into()], ..RpcConfig::default() };
     let ((addr, handle), _) = configured_node(dir.path(), config).await;
     let with_origin = |origin: &str| {
         let mut headers = jsonrpsee::http_client::HeaderMap::new();
@@ -329,11 +374,13 @@ async fn raw_post(from: Option<std::net::IpAddr>, addr: &str, headers: &str, bod
 }
 
 /// Connections past the limit are refused while every open one keeps being
-/// served; closing one frees its place.
+/// served; closing one frees its place. (All from 127.0.0.1: without a
+/// share per IP, one client reaches the node's limit.)
 #[tokio::test]
 async fn connections_past_the_limit_are_refused_and_freed_on_close() {
     let dir = tempfile::tempdir().unwrap();
-    let (addr, handle) = node(dir.path()).await;
+    let config = RpcConfig { max_sockets_per_ip: None, ..Settings::default().rpc_config() };
+    let ((addr, handle), _) = configured_node(dir.path(), config).await;
     let mut open = Vec::new();
     for _ in 0..poi_node::rpc::MAX_CONNECTIONS {
         open.push(WsClientBuilder::default().build(format!("ws://{addr}")).await.unwrap());

@@ -26,8 +26,9 @@ use crate::store::{HistoryError, HistoryQuery, VerdictRecord};
 
 mod rate_limit;
 mod server;
+mod sockets;
 pub use rate_limit::{Rate, RpcLimits};
-pub use server::{max_request_bytes, serve, RpcConfig};
+pub use server::{max_request_bytes, serve, RpcConfig, HEADER_TIMEOUT, MAX_SOCKETS};
 
 pub const MAX_BATCH: u32 = 20;
 /// Calls doing store work at once; the rest wait their turn (their number

@@ -19,6 +19,7 @@ use jsonrpsee::types::{ErrorObject, Request};
 
 use poi_rpc_api::error_code::RATE_LIMITED;
 
+use super::sockets::client_source;
 use crate::metrics::Metrics;
 use crate::rate::TokenBucket;
 
@@ -44,7 +45,7 @@ impl Rate {
     pub const NONE: Rate = Rate { calls_per_s: None, bytes_per_s: None };
 }
 
-/// IPs whose buckets are kept while no connection of theirs is open; past
+/// Client sources (IPv4 addresses, IPv6 /64s) whose buckets are kept while no connection of theirs is open; past
 /// this, idle ones are forgotten.
 const IDLE_IPS: usize = 1024;
 
@@ -85,8 +86,9 @@ impl RateLimiter {
         Self { limits, node: level(limits.node), ips: Arc::default(), metrics }
     }
 
-    /// The limits of a new connection from `ip`.
+    /// The limits of a new connection from `ip` (its client source's).
     pub fn connection(&self, ip: IpAddr) -> ConnectionLimits {
+        let ip = client_source(ip);
         let mut ips = self.ips.lock().unwrap_or_else(PoisonError::into_inner);
         if ips.len() >= IDLE_IPS && !ips.contains_key(&ip) {
             // Only this map holds an idle IP's level.

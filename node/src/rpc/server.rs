@@ -11,22 +11,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use jsonrpsee::server::{
-    serve_with_graceful_shutdown, stop_channel, BatchRequestConfig, HttpBody, HttpRequest, HttpResponse,
-    RpcServiceBuilder, Server, ServerHandle,
+    stop_channel, BatchRequestConfig, HttpBody, HttpRequest, HttpResponse, PingConfig, RpcServiceBuilder, Server,
+    ServerHandle, StopHandle,
 };
 use jsonrpsee::Methods;
 use poi_rpc_api::PoiApiServer;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::rate_limit::{RateLimiter, RpcLimits};
+use super::sockets::SocketPlaces;
 use super::{Rpc, MAX_BATCH, MAX_CONNECTIONS, MAX_SUBSCRIPTIONS_PER_CONNECTION};
 
 /// Open TCP connections at once (an HTTP request or WebSocket session also
 /// needs one of jsonrpsee's `MAX_CONNECTIONS` places while it runs); past
-/// this, new connections are closed at once.
-const MAX_SOCKETS: usize = 2 * MAX_CONNECTIONS as usize;
+/// this, or past the client's share, new connections are closed at once.
+pub const MAX_SOCKETS: usize = 2 * MAX_CONNECTIONS as usize;
+
+/// How long a socket may take to send a request's head, the first or the
+/// next on a keep-alive connection, before it is closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who may reach the server and how much it takes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,6 +41,9 @@ pub struct RpcConfig {
     /// `Origin` values allowed (`"*"` allows any); empty: requests with an
     /// `Origin` header are refused.
     pub allowed_origins: Vec<String>,
+    /// Sockets one client source (an IPv4 address, an IPv6 /64) may hold of
+    /// the [`MAX_SOCKETS`]; `None`: no share, one client may hold them all.
+    pub max_sockets_per_ip: Option<usize>,
 }
 
 /// The request size limit for `max_artifact_bytes`: an artifact travels in
@@ -56,9 +65,12 @@ pub async fn serve(addr: SocketAddr, rpc: Rpc, config: RpcConfig) -> std::io::Re
         .max_connections(MAX_CONNECTIONS)
         .max_subscriptions_per_connection(MAX_SUBSCRIPTIONS_PER_CONNECTION)
         .set_batch_request_config(BatchRequestConfig::Limit(MAX_BATCH))
+        // A WebSocket gets no request heads to time out: a session that
+        // stops answering pings is closed instead.
+        .enable_ws_ping(PingConfig::new())
         .to_service_builder();
     let origins: Arc<[String]> = config.allowed_origins.into();
-    let sockets = Arc::new(Semaphore::new(MAX_SOCKETS));
+    let sockets = SocketPlaces::new(MAX_SOCKETS, config.max_sockets_per_ip);
     let (stop, handle) = stop_channel();
     tokio::spawn(async move {
         loop {
@@ -75,7 +87,7 @@ pub async fn serve(addr: SocketAddr, rpc: Rpc, config: RpcConfig) -> std::io::Re
                 },
                 _ = stop.clone().shutdown() => return,
             };
-            let Ok(place) = sockets.clone().try_acquire_owned() else { continue };
+            let Some(place) = sockets.take(remote.ip()) else { continue };
             let limits = limiter.connection(remote.ip());
             let service = builder
                 .clone()
@@ -98,14 +110,44 @@ pub async fn serve(addr: SocketAddr, rpc: Rpc, config: RpcConfig) -> std::io::Re
                 }
                 .boxed()
             });
-            let stopped = stop.clone().shutdown();
+            let stop = stop.clone();
             tokio::spawn(async move {
-                let _ = serve_with_graceful_shutdown(socket, service, stopped).await;
+                serve_connection(socket, service, stop).await;
                 drop(place);
             });
         }
     });
     Ok((local, handle))
+}
+
+/// Serves one socket, HTTP/1.1 with WebSocket upgrades, until the client
+/// closes it, it sends no request head within [`HEADER_TIMEOUT`], or the
+/// server stops. (jsonrpsee's own `serve_with_graceful_shutdown` sets no
+/// timer, so a silent socket would be held for ever.)
+async fn serve_connection<S>(socket: TcpStream, service: S, stop: StopHandle)
+where
+    S: tower::Service<HttpRequest<hyper::body::Incoming>, Response = HttpResponse, Error = std::io::Error>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(socket), TowerToHyperService::new(service))
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop.shutdown() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::trace!(%err, "JSON-RPC connection ended");
+    }
 }
 
 /// `403` for a request whose `Origin` is not allowed; `None` lets it in.

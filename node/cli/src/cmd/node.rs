@@ -67,6 +67,11 @@ pub struct Args {
     /// The same on one connection [default: 16].
     #[arg(long, value_name = "MIB")]
     rpc_mib_rate_per_connection: Option<u32>,
+    /// Open JSON-RPC sockets one client may hold (an IPv4 address, or an
+    /// IPv6 /64) of the node's 256, so that one client cannot lock the
+    /// others out; 0 lets one client take them all [default: 32].
+    #[arg(long, value_name = "N")]
+    rpc_sockets_per_ip: Option<u32>,
     /// A web origin (e.g. https://app.example) whose pages may call the node
     /// from a browser, repeatable; `*` allows any. None by default: requests
     /// carrying an `Origin` header (WebSocket handshakes and cross-site
@@ -127,7 +132,7 @@ impl Args {
             )*};
         }
         overlay!(chain, key, data, rpc, rpc_rate, rpc_rate_per_ip, rpc_rate_per_connection, metrics);
-        overlay!(rpc_mib_rate, rpc_mib_rate_per_ip, rpc_mib_rate_per_connection);
+        overlay!(rpc_mib_rate, rpc_mib_rate_per_ip, rpc_mib_rate_per_connection, rpc_sockets_per_ip);
         overlay!(full_check_workers, max_artifact_age, max_clock_ahead);
         if !self.rpc_allow_origins.is_empty() {
             settings.rpc_allow_origins = self.rpc_allow_origins.clone();
