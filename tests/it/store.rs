@@ -58,9 +58,16 @@ fn ledger(dir: &std::path::Path) -> Pipeline {
 
 /// Stores `artifact` received at `at` with the verdict of no votes.
 fn put(store: &Store, artifact: &Artifact, at: u64) -> bool {
+    put_voted(store, artifact, at, &[])
+}
+
+/// The same with a record naming `voters` (the store indexes the record it
+/// is given; the pipeline decides it).
+fn put_voted(store: &Store, artifact: &Artifact, at: u64, voters: &[&Keypair]) -> bool {
     let id = artifact.id();
     let outcome = verdict(&ChainSpec::devnet(), &id, SeedingClass::RequesterBound, &[]);
-    let record = VerdictRecord::new(&id, &artifact.body.miner, SeedingClass::RequesterBound, &outcome, &[], at, at);
+    let mut record = VerdictRecord::new(&id, &artifact.body.miner, SeedingClass::RequesterBound, &outcome, &[], at, at);
+    record.voters = voters.iter().map(|v| v.public().to_hex()).collect();
     store.put_artifact(artifact, &record, None).unwrap()
 }
 
@@ -160,18 +167,28 @@ fn history_pages_newest_first_with_filters() {
     assert_eq!(rows.iter().map(|r| r.artifact_id.clone()).collect::<Vec<_>>(), vec![disputed.to_hex()]);
 }
 
-/// The attack: a client asks for a status (or validator) that almost no
-/// row has. Before the indexes, each such call scanned the whole time index
-/// until `limit` rows matched: every stored artifact, up to 2000 times a
-/// second. Now a rare filter reads its own index, and a combination the
-/// index cannot serve stops after `MAX_EXAMINED` keys with a cursor.
+/// `artifact` re-signed by `miner`.
+fn mined_by(artifact: Artifact, miner: &Keypair) -> Artifact {
+    let mut body = artifact.body;
+    body.miner = miner.public();
+    body.sign(miner)
+}
+
+/// The attack: a client asks for a status (or validator, or a miner's
+/// disputes) that almost no row has. Before the indexes, each such call
+/// scanned the whole time index until `limit` rows matched: every stored
+/// artifact, up to 2000 times a second; before the paired indexes, a
+/// miner's disputes scanned the miner's every artifact. Now such a filter
+/// reads its own index, and the one combination no index serves
+/// (validator with miner) stops after `MAX_EXAMINED` keys with a cursor.
 #[test]
 fn a_rare_filter_costs_a_page_not_a_table_scan() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), ChainSpec::devnet()).unwrap();
+    let busy_validator = Keypair::generate();
     let stored = MAX_EXAMINED as u64 + 500;
     for seed in 0..stored {
-        put(&store, &artifact(100_000 + seed), seed);
+        assert!(put_voted(&store, &artifact(100_000 + seed), seed, &[&busy_validator]));
     }
     let (disputed_artifact, voter) = selected_artifact(40);
     put(&store, &disputed_artifact, 7);
@@ -182,36 +199,54 @@ fn a_rare_filter_costs_a_page_not_a_table_scan() {
     let outcome = verdict(&ChainSpec::devnet(), &disputed, class, votes);
     let record = VerdictRecord::new(&disputed, &disputed_artifact.body.miner, class, &outcome, votes, 7, 2000);
     assert!(store.put_vote(&reject, &record, None).unwrap());
+    let other_miner = Keypair::generate();
+    assert!(put_voted(&store, &mined_by(artifact(99), &other_miner), 3, &[&busy_validator]));
 
     let query = |q: HistoryQuery| store.history(&HistoryQuery { limit: 100, ..q }).unwrap();
-    let by_status = query(HistoryQuery { status: Some(Status::Disputed), ..Default::default() });
-    assert_eq!(by_status.rows.len(), 1);
-    assert_eq!(by_status.examined, 1, "the status index holds only the disputed artifact");
-    let by_validator = query(HistoryQuery { validator: Some(voter.public()), ..Default::default() });
-    assert_eq!((by_validator.rows.len(), by_validator.examined), (1, 1));
+    let costs = |q: HistoryQuery| {
+        let page = query(q);
+        (page.rows.len(), page.examined)
+    };
+    let disputes = || HistoryQuery { status: Some(Status::Disputed), ..Default::default() };
+    assert_eq!(costs(disputes()), (1, 1), "the status index holds only the disputed artifact");
+    assert_eq!(costs(HistoryQuery { validator: Some(voter.public()), ..Default::default() }), (1, 1));
+    let miner = disputed_artifact.body.miner;
+    assert_eq!(costs(HistoryQuery { miner: Some(miner), ..disputes() }), (1, 1), "a miner's disputes");
+    assert_eq!(costs(HistoryQuery { validator: Some(voter.public()), ..disputes() }), (1, 1));
+    assert_eq!(costs(HistoryQuery { validator: Some(busy_validator.public()), ..disputes() }), (0, 0));
     let not_replay_only = query(HistoryQuery { status: Some(Status::AcceptedReplayOnly), ..Default::default() });
     assert_eq!((not_replay_only.rows.len(), not_replay_only.examined), (100, 100), "a page costs its rows");
     assert!(
         !not_replay_only.rows.iter().any(|r| r.artifact_id == disputed.to_hex()),
         "the vote moved the artifact out of its old status's index"
     );
+    let replay_only_of_miner =
+        HistoryQuery { miner: Some(miner), status: Some(Status::AcceptedReplayOnly), ..disputes() };
+    assert!(
+        !query(replay_only_of_miner).rows.iter().any(|r| r.artifact_id == disputed.to_hex()),
+        "... and out of the miner's index for that status"
+    );
 
-    // Miner and status together: the miner's index, checked row by row,
-    // at most MAX_EXAMINED keys per call, and the cursor goes on from there.
-    let miner = disputed_artifact.body.miner;
-    let mut q = HistoryQuery { miner: Some(miner), status: Some(Status::Disputed), limit: 100, ..Default::default() };
+    // Validator and miner: the validator's index, checked row by row, at
+    // most MAX_EXAMINED keys per call, and the cursor goes on from there.
+    let mut q = HistoryQuery {
+        validator: Some(busy_validator.public()),
+        miner: Some(other_miner.public()),
+        limit: 100,
+        ..Default::default()
+    };
     let (mut found, mut calls) = (Vec::new(), 0);
     loop {
         let page = store.history(&q).unwrap();
         assert!(page.examined <= MAX_EXAMINED, "{} keys in one call", page.examined);
         calls += 1;
-        found.extend(page.rows.into_iter().map(|r| r.artifact_id));
+        found.extend(page.rows.into_iter().map(|r| r.miner));
         match page.next {
             Some(next) => q.cursor = Some(next),
             None => break,
         }
     }
-    assert_eq!((found, calls), (vec![disputed.to_hex()], 2));
+    assert_eq!((found, calls), (vec![other_miner.public().to_hex()], 2));
 
     // A cursor handed out for one filter is refused by another.
     let time_cursor = query(HistoryQuery::default()).next.unwrap();
@@ -219,6 +254,66 @@ fn a_rare_filter_costs_a_page_not_a_table_scan() {
         .history(&HistoryQuery { status: Some(Status::Rejected), cursor: Some(time_cursor), ..Default::default() })
         .unwrap_err();
     assert!(err.to_string().contains("cursor"), "{err}");
+}
+
+/// A data dir written by an older version lacks some history indexes:
+/// version 1 had only time and miner, 2 added status and validator, 3 the
+/// pairings with a status. Opening it builds what is missing; without that,
+/// the indexed filters would miss every artifact stored before.
+#[test]
+fn an_older_data_dir_gets_its_missing_history_indexes_on_open() {
+    let lacking: [(u64, &[&str]); 2] = [
+        (1, &["by_status", "by_validator", "by_miner_status", "by_validator_status"]),
+        (2, &["by_miner_status", "by_validator_status"]),
+    ];
+    for (version, families) in lacking {
+        let dir = tempfile::tempdir().unwrap();
+        let (disputed_artifact, voter) = selected_artifact(40);
+        {
+            let store = Store::open(dir.path(), ChainSpec::devnet()).unwrap();
+            for seed in 0..20 {
+                put(&store, &artifact(200 + seed), seed);
+            }
+            put(&store, &disputed_artifact, 30);
+            let id = disputed_artifact.id();
+            let reject = vote(&voter, &id, Verdict::Reject);
+            let votes = std::slice::from_ref(&reject);
+            let outcome = verdict(&ChainSpec::devnet(), &id, SeedingClass::RequesterBound, votes);
+            let miner = &disputed_artifact.body.miner;
+            let record = VerdictRecord::new(&id, miner, SeedingClass::RequesterBound, &outcome, votes, 30, 40);
+            assert!(store.put_vote(&reject, &record, None).unwrap());
+        }
+        {
+            // The older layout: those families absent, its version recorded
+            // (version 1 recorded none).
+            let options = rocksdb::Options::default();
+            let names = rocksdb::DB::list_cf(&options, dir.path()).unwrap();
+            let mut db = rocksdb::DB::open_cf(&options, dir.path(), &names).unwrap();
+            for family in families {
+                db.drop_cf(family).unwrap();
+            }
+            let meta = db.cf_handle("meta").unwrap();
+            match version {
+                1 => db.delete_cf(meta, b"index_version").unwrap(),
+                _ => db.put_cf(meta, b"index_version", version.to_be_bytes()).unwrap(),
+            }
+        }
+        let store = Store::open(dir.path(), ChainSpec::devnet()).unwrap();
+        let disputed = disputed_artifact.id().to_hex();
+        let disputes = HistoryQuery { status: Some(Status::Disputed), limit: 100, ..Default::default() };
+        for query in [
+            disputes.clone(),
+            HistoryQuery { validator: Some(voter.public()), ..disputes.clone() },
+            HistoryQuery { miner: Some(disputed_artifact.body.miner), ..disputes.clone() },
+            HistoryQuery { validator: Some(voter.public()), status: None, ..disputes.clone() },
+        ] {
+            let page = store.history(&query).unwrap();
+            let found: Vec<_> = page.rows.into_iter().map(|r| r.artifact_id).collect();
+            assert_eq!(found, vec![disputed.clone()], "from version {version}: {query:?}");
+        }
+        let replay_only = HistoryQuery { status: Some(Status::AcceptedReplayOnly), ..disputes };
+        assert_eq!(store.history(&replay_only).unwrap().rows.len(), 20, "from version {version}");
+    }
 }
 
 #[test]

@@ -1,10 +1,12 @@
 //! Verdict history (`poi_verdictHistory`): one index per filter (time,
-//! miner, validator, status), each keyed `prefix ‖ u64_be(received ms) ‖
-//! artifact id`, so a page is a reverse range scan of one index. A query
-//! scans the index of its most selective filter and checks the others on
-//! each record; every call examines at most [`MAX_EXAMINED`] keys and hands
-//! back a cursor where it stopped, so no filter costs more than that per
-//! call however rare its matches are.
+//! miner, validator, status) and per pairing of a key with a status (miner
+//! and status, validator and status), each keyed `prefix ‖ u64_be(received
+//! ms) ‖ artifact id`, so a page is a reverse range scan of one index. A
+//! query scans the index that serves most of its filters and checks the
+//! rest on each record (only validator with miner is left to checking);
+//! every call examines at most [`MAX_EXAMINED`] keys and hands back a
+//! cursor where it stopped, so no filter costs more than that per call
+//! however rare its matches are.
 
 use poi_artifact::{ArtifactId, PublicKey};
 use poi_verifier::verdict::Status;
@@ -12,8 +14,8 @@ use rocksdb::{Direction, IteratorMode, WriteBatch};
 use thiserror::Error;
 
 use super::keys::{
-    by_status_key, by_validator_key, indexed_key, status_prefix, CF_BY_MINER, CF_BY_STATUS, CF_BY_TIME,
-    CF_BY_VALIDATOR, CF_VERDICTS,
+    by_key_and_status_key, by_status_key, by_validator_key, indexed_key, status_prefix, CF_BY_MINER,
+    CF_BY_MINER_STATUS, CF_BY_STATUS, CF_BY_TIME, CF_BY_VALIDATOR, CF_BY_VALIDATOR_STATUS, CF_VERDICTS,
 };
 use super::{Store, StoreError, VerdictRecord};
 
@@ -57,11 +59,15 @@ pub enum HistoryError {
 
 impl HistoryQuery {
     /// The index that serves the query, and the prefix of its keys: the
-    /// filter that is likely to match fewest rows.
+    /// one covering most filters, a validator's before a miner's (a
+    /// validator votes on a sampled few).
     fn index(&self) -> (&'static str, Vec<u8>) {
+        let with_status = |key: &PublicKey, status: Status| [&key.0[..], &status_prefix(status)[..]].concat();
         match (&self.validator, &self.miner, self.status) {
-            (Some(validator), _, _) => (CF_BY_VALIDATOR, validator.0.to_vec()),
-            (None, Some(miner), _) => (CF_BY_MINER, miner.0.to_vec()),
+            (Some(validator), _, Some(status)) => (CF_BY_VALIDATOR_STATUS, with_status(validator, status)),
+            (Some(validator), _, None) => (CF_BY_VALIDATOR, validator.0.to_vec()),
+            (None, Some(miner), Some(status)) => (CF_BY_MINER_STATUS, with_status(miner, status)),
+            (None, Some(miner), None) => (CF_BY_MINER, miner.0.to_vec()),
             (None, None, Some(status)) => (CF_BY_STATUS, status_prefix(status).to_vec()),
             (None, None, None) => (CF_BY_TIME, Vec::new()),
         }
@@ -112,7 +118,8 @@ impl Store {
         Ok(page)
     }
 
-    /// Adds to `batch` the status and validator index changes from
+    /// Adds to `batch` the changes to the indexes that move with a verdict
+    /// (status, validators, and their pairings with a status) from
     /// `previous` (none for a new artifact) to `record`.
     pub(super) fn batch_history_indexes(
         &self,
@@ -121,25 +128,19 @@ impl Store {
         previous: Option<&VerdictRecord>,
         record: &VerdictRecord,
     ) -> Result<(), StoreError> {
-        let at = record.received_at_ms;
-        if previous.is_none_or(|p| p.status != record.status) {
-            if let Some(previous) = previous {
-                batch.delete_cf(self.cf(CF_BY_STATUS), by_status_key(previous.status, at, id));
-            }
-            batch.put_cf(self.cf(CF_BY_STATUS), by_status_key(record.status, at, id), []);
+        let before = previous.map(|p| verdict_index_keys(id, p)).transpose()?.unwrap_or_default();
+        let after = verdict_index_keys(id, record)?;
+        for (cf, key) in before.iter().filter(|entry| !after.contains(entry)) {
+            batch.delete_cf(self.cf(cf), key);
         }
-        let before: &[String] = previous.map_or(&[], |p| &p.voters);
-        for gone in before.iter().filter(|v| !record.voters.contains(v)) {
-            batch.delete_cf(self.cf(CF_BY_VALIDATOR), by_validator_key(&voter_key(gone)?, at, id));
-        }
-        for new in record.voters.iter().filter(|v| !before.contains(v)) {
-            batch.put_cf(self.cf(CF_BY_VALIDATOR), by_validator_key(&voter_key(new)?, at, id), []);
+        for (cf, key) in after.iter().filter(|entry| !before.contains(entry)) {
+            batch.put_cf(self.cf(cf), key, []);
         }
         Ok(())
     }
 
-    /// Builds the status and validator indexes of a store written before
-    /// they existed, from its verdicts, in batches.
+    /// Builds the indexes that move with a verdict for a store written
+    /// before (some of) them existed, from its verdicts, in batches.
     pub(super) fn rebuild_history_indexes(&self) -> Result<u64, StoreError> {
         let mut batch = WriteBatch::default();
         let mut count = 0;
@@ -163,6 +164,24 @@ impl Store {
     }
 }
 
-fn voter_key(hex: &str) -> Result<PublicKey, StoreError> {
-    PublicKey::from_hex(hex).map_err(|detail| StoreError::Corrupt { what: "verdict voter", detail })
+/// Every key of the indexes that move with a verdict, for `record`: a few
+/// per counted voter, so a linear search of the list is cheap.
+fn verdict_index_keys(id: &ArtifactId, record: &VerdictRecord) -> Result<Vec<(&'static str, Vec<u8>)>, StoreError> {
+    let (at, status) = (record.received_at_ms, record.status);
+    let miner = record_key(&record.miner)?;
+    let mut keys = vec![
+        (CF_BY_STATUS, by_status_key(status, at, id)),
+        (CF_BY_MINER_STATUS, by_key_and_status_key(&miner, status, at, id)),
+    ];
+    for voter in &record.voters {
+        let voter = record_key(voter)?;
+        keys.push((CF_BY_VALIDATOR, by_validator_key(&voter, at, id)));
+        keys.push((CF_BY_VALIDATOR_STATUS, by_key_and_status_key(&voter, status, at, id)));
+    }
+    Ok(keys)
+}
+
+/// A key a verdict record holds in hex (its miner, a voter).
+fn record_key(hex: &str) -> Result<PublicKey, StoreError> {
+    PublicKey::from_hex(hex).map_err(|detail| StoreError::Corrupt { what: "verdict key", detail })
 }

@@ -22,6 +22,12 @@ pub const CF_BY_STATUS: &str = "by_status";
 /// validator key ‖ u64_be(received ms) ‖ artifact id → (): one per
 /// validator whose vote counts in the verdict.
 pub const CF_BY_VALIDATOR: &str = "by_validator";
+/// miner key ‖ u8 status ‖ u64_be(received ms) ‖ artifact id → (): a
+/// miner's artifacts of one status; moved with the status.
+pub const CF_BY_MINER_STATUS: &str = "by_miner_status";
+/// validator key ‖ u8 status ‖ u64_be(received ms) ‖ artifact id → (): the
+/// artifacts of one status this validator's vote counts on.
+pub const CF_BY_VALIDATOR_STATUS: &str = "by_validator_status";
 /// miner key ‖ u64_be(created ms) ‖ artifact id → f64_le evidence: the
 /// per-miner test's input, for unseeded and miner-seeded artifacts, in the
 /// order every node agrees on (the artifacts' own times).
@@ -68,6 +74,10 @@ pub fn by_status_key(status: Status, ms: u64, id: &ArtifactId) -> Vec<u8> {
 
 pub fn by_validator_key(validator: &PublicKey, ms: u64, id: &ArtifactId) -> Vec<u8> {
     [&validator.0[..], &ms.to_be_bytes()[..], &id.0[..]].concat()
+}
+
+pub fn by_key_and_status_key(key: &PublicKey, status: Status, ms: u64, id: &ArtifactId) -> Vec<u8> {
+    [&key.0[..], &status_prefix(status)[..], &ms.to_be_bytes()[..], &id.0[..]].concat()
 }
 
 /// The time and artifact id of an index key past its prefix (40 bytes).

@@ -24,15 +24,17 @@ use thiserror::Error;
 pub use duties::{Duty, DutyClass};
 pub use history::{History, HistoryError, HistoryQuery, MAX_EXAMINED, MAX_PAGE};
 use keys::{
-    by_miner_key, by_time_key, log_key, vote_key, CF_ARTIFACTS, CF_BY_MINER, CF_BY_STATUS, CF_BY_TIME, CF_BY_VALIDATOR,
-    CF_DUTIES, CF_DUTY_INDEX, CF_LOG, CF_META, CF_MINER_EVIDENCE, CF_VERDICTS, CF_VOTES, LOG_ARTIFACT, LOG_VOTE,
+    by_miner_key, by_time_key, log_key, vote_key, CF_ARTIFACTS, CF_BY_MINER, CF_BY_MINER_STATUS, CF_BY_STATUS,
+    CF_BY_TIME, CF_BY_VALIDATOR, CF_BY_VALIDATOR_STATUS, CF_DUTIES, CF_DUTY_INDEX, CF_LOG, CF_META, CF_MINER_EVIDENCE,
+    CF_VERDICTS, CF_VOTES, LOG_ARTIFACT, LOG_VOTE,
 };
 pub use log::{LogEntry, LogPage, SyncCursor};
 
 const META_CHAIN_ID: &[u8] = b"chain_id";
-/// Which history indexes the store has built: 2 adds status and validator.
+/// Which history indexes the store has built: 2 adds status and validator,
+/// 3 miner and validator paired with status.
 const META_INDEX_VERSION: &[u8] = b"index_version";
-const INDEX_VERSION: u64 = 2;
+const INDEX_VERSION: u64 = 3;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -101,6 +103,8 @@ impl Store {
             CF_DUTY_INDEX,
             CF_BY_STATUS,
             CF_BY_VALIDATOR,
+            CF_BY_MINER_STATUS,
+            CF_BY_VALIDATOR_STATUS,
         ]
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&options, path, families)?;
@@ -138,7 +142,7 @@ impl Store {
         if version < INDEX_VERSION {
             let rebuilt = self.rebuild_history_indexes()?;
             if rebuilt > 0 {
-                tracing::info!(verdicts = rebuilt, "built the status and validator history indexes");
+                tracing::info!(verdicts = rebuilt, from_version = version, "built the history indexes");
             }
             self.db.put_cf(self.cf(CF_META), META_INDEX_VERSION, INDEX_VERSION.to_be_bytes())?;
         }

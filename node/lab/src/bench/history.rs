@@ -101,6 +101,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     ];
     if let Some(validator) = disputed_by {
         filters.push(("validator (its rejects)", HistoryQuery { validator: Some(validator), ..all.clone() }));
+        let disputed = Some(Status::Disputed);
+        filters.push((
+            "validator + status disputed",
+            HistoryQuery { validator: Some(validator), status: disputed, ..all.clone() },
+        ));
+        // The one pairing without its own index: the validator's, checked.
+        let miner = Some(miners[0].public());
+        filters.push(("validator + miner", HistoryQuery { validator: Some(validator), miner, ..all.clone() }));
     }
     println!("  {:32} {:>6} {:>9} {:>10} {:>10}", "filter", "rows", "examined", "p50 ms", "p99 ms");
     for (name, query) in filters {
