@@ -1,17 +1,27 @@
 //! The hostile peers and clients of `poi-lab bench network --attack`, each
 //! as an attacker who read the code would run it (DESIGN §7b): within every
 //! per-peer rule, with many identities where identities are free.
+//!
+//! An attacker runs in its own process (`poi-lab bench attacker`, which
+//! `bench network` starts), pinned to its own core where the machine has
+//! more than one: a real attacker spends its own machine's CPU, so the run
+//! measures what the attack costs the nodes, not the attacker's encryption
+//! and hashing competing with them for the same cores.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
 use futures::StreamExt;
-use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
+use libp2p::{request_response, Multiaddr, PeerId};
 use poi_chain_spec::ChainSpec;
 use poi_node::network::{join_as_outsider, BehaviourEvent, SyncRequest};
-use poi_node::service::NodeHandle;
 use poi_verifier::simulate::forged;
 use rayon::prelude::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -37,10 +47,10 @@ const IDENTITIES: usize = 8;
 const SYNC_ASKS_PER_S: u64 = 19;
 
 /// A running attack: its tasks and what it got.
-pub struct Running {
+struct Running {
     tasks: Vec<JoinHandle<()>>,
     /// Sync pages or RPC answers the attacker got.
-    pub answered: Arc<AtomicU64>,
+    answered: Arc<AtomicU64>,
 }
 
 impl Drop for Running {
@@ -51,7 +61,56 @@ impl Drop for Running {
     }
 }
 
-pub async fn start(attack: Attack, spec: &ChainSpec, target: &NodeHandle) -> anyhow::Result<Running> {
+/// `poi-lab bench attacker`: what `bench network` starts for each attack.
+#[derive(clap::Args)]
+pub struct AttackerArgs {
+    #[arg(long, value_enum)]
+    attack: Attack,
+    /// Nodes of the local devnet under attack (its spec is derived from it).
+    #[arg(long)]
+    nodes: u32,
+    /// Node 0's address, with its peer id.
+    #[arg(long)]
+    dial: Multiaddr,
+    #[arg(long)]
+    peer: PeerId,
+    /// Node 0's JSON-RPC address.
+    #[arg(long)]
+    rpc: SocketAddr,
+    /// The one CPU this process runs on.
+    #[arg(long)]
+    cpu: Option<usize>,
+}
+
+/// Starts the attack, prints `ready` once every identity has joined, runs
+/// until its standard input closes, then prints what the attacker got.
+pub fn run_attacker(args: AttackerArgs) -> anyhow::Result<ExitCode> {
+    if let Some(cpu) = args.cpu {
+        super::cpus::pin_to(&[cpu])?;
+    }
+    let spec = ChainSpec::local_devnet(args.nodes, 0.25)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let target = Target { dial: args.dial, peer: args.peer, rpc: args.rpc };
+    let running = runtime.block_on(start(args.attack, &spec, &target))?;
+    println!("ready");
+    // Until the parent closes our stdin (or dies).
+    for line in std::io::stdin().lock().lines() {
+        line.context("reading stdin")?;
+    }
+    println!("{}", running.answered.load(Ordering::Relaxed));
+    drop(running);
+    runtime.shutdown_background();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The node an attack aims at.
+pub struct Target {
+    pub dial: Multiaddr,
+    pub peer: PeerId,
+    pub rpc: SocketAddr,
+}
+
+async fn start(attack: Attack, spec: &ChainSpec, target: &Target) -> anyhow::Result<Running> {
     let answered = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     match attack {
@@ -69,9 +128,8 @@ pub async fn start(attack: Attack, spec: &ChainSpec, target: &NodeHandle) -> any
             }
         }
         Attack::RpcScan => {
-            let addr = target.rpc_addr.ok_or_else(|| anyhow::anyhow!("node 0 has no RPC"))?;
             for _ in 0..IDENTITIES {
-                tasks.push(tokio::spawn(scan_history(addr, answered.clone())));
+                tasks.push(tokio::spawn(scan_history(target.rpc, answered.clone())));
             }
         }
     }
@@ -79,9 +137,9 @@ pub async fn start(attack: Attack, spec: &ChainSpec, target: &NodeHandle) -> any
 }
 
 /// One outside identity asking for `from: 0`, one request at a time, paced.
-async fn sync_asker(spec: &ChainSpec, target: &NodeHandle, answered: Arc<AtomicU64>) -> anyhow::Result<JoinHandle<()>> {
-    let (mut swarm, _) = join_as_outsider(spec, target.dial_addr(), Duration::from_secs(20)).await?;
-    let peer = target.peer_id;
+async fn sync_asker(spec: &ChainSpec, target: &Target, answered: Arc<AtomicU64>) -> anyhow::Result<JoinHandle<()>> {
+    let (mut swarm, _) = join_as_outsider(spec, target.dial.clone(), Duration::from_secs(20)).await?;
+    let peer = target.peer;
     Ok(tokio::spawn(async move {
         let mut pace = tokio::time::interval(Duration::from_millis(1000 / SYNC_ASKS_PER_S));
         loop {
@@ -114,8 +172,8 @@ const FORGERIES_PER_IDENTITY: u32 = 200;
 /// One outside identity publishing forgeries made from `template` as fast
 /// as gossipsub takes them, then staying connected; one in memory at a
 /// time, so the attacker adds little to the run's peak memory.
-async fn publisher(spec: &ChainSpec, target: &NodeHandle, template: Vec<u8>) -> anyhow::Result<JoinHandle<()>> {
-    let (mut swarm, topics) = join_as_outsider(spec, target.dial_addr(), Duration::from_secs(20)).await?;
+async fn publisher(spec: &ChainSpec, target: &Target, template: Vec<u8>) -> anyhow::Result<JoinHandle<()>> {
+    let (mut swarm, topics) = join_as_outsider(spec, target.dial.clone(), Duration::from_secs(20)).await?;
     Ok(tokio::spawn(async move {
         let signature = template.len() - 64;
         for i in 0..FORGERIES_PER_IDENTITY {

@@ -8,6 +8,7 @@ use anyhow::{ensure, Context};
 use clap::Subcommand;
 
 mod attacks;
+mod cpus;
 mod history;
 mod model;
 mod network;
@@ -52,6 +53,10 @@ pub enum BenchCommand {
     /// with no flood: votes kept, store size, time spent, honest verdict
     /// latency.
     Votes(votes::Args),
+    /// One attacker of `bench network --attack`, in its own process (which
+    /// `bench network` starts).
+    #[command(hide = true)]
+    Attacker(attacks::AttackerArgs),
 }
 
 #[derive(Deserialize)]
@@ -99,6 +104,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Store(args) => return store::run(args),
         BenchCommand::History(args) => return history::run(args),
         BenchCommand::Votes(args) => return votes::run(args),
+        BenchCommand::Attacker(args) => return attacks::run_attacker(args),
     };
     let text = std::fs::read_to_string(&vectors).with_context(|| format!("reading {}", vectors.display()))?;
     let file: VectorFile = serde_json::from_str(&text).context("not a distance2 vector file")?;

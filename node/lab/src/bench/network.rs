@@ -4,7 +4,9 @@
 //! when it stored each one. Reports sustained artifacts/s and the latency
 //! from submit to stored on every node; with `--flood` or `--attack`, the
 //! same again on fresh nodes under attack, side by side, with each run's
-//! peak resident memory.
+//! peak resident memory. On a machine with more than one CPU the nodes run
+//! on all but the last, in every run, and an attacker in its own process on
+//! the last (see `attacks`).
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -12,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use clap::ValueEnum;
 use futures::StreamExt;
 use jsonrpsee::http_client::HttpClientBuilder;
 use libp2p::PeerId;
@@ -27,7 +30,8 @@ use poi_verifier::simulate::{build, forged, Chooser};
 use rayon::prelude::*;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::attacks::{self, Attack};
+use super::attacks::Attack;
+use super::cpus;
 use crate::stats::quantile;
 
 #[derive(clap::Args)]
@@ -105,6 +109,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .collect();
     let forged: Vec<Vec<u8>> =
         (0..args.flood as u64).into_par_iter().map(|seed| forged(&spec, 16, (1 << 40) + seed)).collect();
+    let cpus = cpus::split();
+    if let Some((node_cpus, _)) = &cpus {
+        // Before the runtime: its threads inherit the mask.
+        cpus::pin_to(node_cpus)?;
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     let baseline = runtime.block_on(measure(&spec, &args, &artifacts, Adversary::None))?;
     println!("nodes                      {}", args.nodes);
@@ -124,10 +133,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let ratio = attacked.throughput() / baseline.throughput();
         println!("  honest throughput        {:.2}× the run without attack", ratio);
     }
-    println!(
-        "threads                    {} cores shared by all nodes",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
+    match &cpus {
+        Some((node_cpus, attacker_cpu)) => println!(
+            "cpus                       nodes and honest clients on {node_cpus:?}, an attacker (own process) on {attacker_cpu}"
+        ),
+        None => println!("cpus                       1, shared by the nodes, their clients and any attacker"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -160,7 +171,9 @@ async fn measure(
     let (flooder, attack) = match adversary {
         Adversary::None => (None, None),
         Adversary::Flood(forged) => (Some(start_flood(spec, &nodes[0], forged).await?), None),
-        Adversary::Attack(attack) => (None, Some((attack, attacks::start(attack, spec, &nodes[0]).await?))),
+        Adversary::Attack(attack) => {
+            (None, Some((attack, AttackerProcess::start(attack, args.nodes, &nodes[0]).await?)))
+        }
     };
     let flooder_peer = flooder.as_ref().map(|(peer, _)| *peer);
     let mut graylisted = false;
@@ -239,11 +252,15 @@ async fn measure(
         }
         None => None,
     };
-    let attacked = attack.map(|(attack, running)| {
+    let attacked = match attack {
+        Some((attack, process)) => Some((attack, process.finish().await?)),
+        None => None,
+    };
+    let attacked = attacked.map(|(attack, answered)| {
         let metrics = &nodes[0].metrics;
         Attacked {
             attack,
-            answered: running.answered.load(std::sync::atomic::Ordering::Relaxed),
+            answered,
             sync_refused: metrics.sync_requests_refused.get(),
             banned: metrics.peers_banned.get(),
             gossip_checked: metrics.artifacts_rejected.get_or_create(&SourceLabel { source: "gossip" }).get(),
@@ -260,6 +277,53 @@ async fn measure(
         node.stop().await;
     }
     Ok(Figures { submit_seconds, seconds, latencies, lagged, flood, attacked, peak_rss_mib })
+}
+
+/// `poi-lab bench attacker` in a child process, on the CPU `cpus::split`
+/// leaves it.
+struct AttackerProcess {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl AttackerProcess {
+    /// Starts it and waits until every identity has joined.
+    async fn start(attack: Attack, nodes: u32, target: &NodeHandle) -> anyhow::Result<Self> {
+        let rpc = target.rpc_addr.context("node 0 has no RPC")?;
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        command.args(["bench", "attacker", "--attack"]).arg(attack.to_possible_value().expect("named").get_name());
+        command.args(["--nodes", &nodes.to_string(), "--dial", &target.dial_addr().to_string()]);
+        command.args(["--peer", &target.peer_id.to_string(), "--rpc", &rpc.to_string()]);
+        if let Some((_, cpu)) = cpus::split() {
+            command.args(["--cpu", &cpu.to_string()]);
+        }
+        let mut child = command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting poi-lab bench attacker")?;
+        let stdout = std::io::BufReader::new(child.stdout.take().context("attacker stdout")?);
+        let mut process = Self { child, stdout };
+        let line = tokio::task::block_in_place(|| process.line())?;
+        anyhow::ensure!(line == "ready", "the attacker did not start: {line:?}");
+        Ok(process)
+    }
+
+    fn line(&mut self) -> anyhow::Result<String> {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut self.stdout, &mut line).context("reading the attacker's output")?;
+        Ok(line.trim().to_string())
+    }
+
+    /// Stops it (closing its stdin): what it got from the node.
+    async fn finish(mut self) -> anyhow::Result<u64> {
+        drop(self.child.stdin.take());
+        tokio::task::block_in_place(|| {
+            let answered = self.line()?.parse().context("the attacker's count")?;
+            self.child.wait()?;
+            Ok(answered)
+        })
+    }
 }
 
 /// Whether `node` scores `peer` below the graylist threshold now.
@@ -329,6 +393,6 @@ fn report(indent: &str, figures: &Figures, artifacts: usize) {
         }
     }
     if let Some(rss) = figures.peak_rss_mib {
-        println!("{indent}peak RSS (this run)        {rss:.0} MiB, all nodes and clients in one process");
+        println!("{indent}peak RSS (this run)        {rss:.0} MiB, all nodes and honest clients in one process");
     }
 }
