@@ -1,6 +1,7 @@
 //! Hostile peers on real nodes (libp2p on loopback): a sync-request flood, a
 //! peer that wiped its data dir, sync pages from outside the validator set,
-//! and sybils filling the validation queue with the largest forgeries.
+//! sybils filling the validation queue with the largest forgeries, and
+//! outsiders taking mesh slots.
 
 use std::time::{Duration, Instant};
 
@@ -209,6 +210,50 @@ async fn sybils_flooding_the_largest_forgeries_do_not_stop_honest_gossip() {
     for seed in 20_000..20_000 + SYBILS * EACH {
         assert!(!stored(&a, &build(&spec, tokens, seed, Chooser::Seeded).artifact.id()));
     }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The attack: outside identities, free to make, join a validator's topics.
+/// Before, each could take a mesh slot, and the validator pushed every
+/// message in full to each of them, so its sending grew with the sybils
+/// (`poi-lab bench network --attack` measures it). Now outsiders stay out
+/// of validators' meshes, are sent announcements, and still receive every
+/// artifact by asking for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outsiders_get_no_mesh_slot_and_still_receive_every_artifact() {
+    use libp2p::gossipsub;
+    use libp2p::swarm::SwarmEvent;
+    use poi_node::network::{join_as_outsider, BehaviourEvent};
+    let spec = ChainSpec::local_devnet(2, 0.25).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&spec, 0, dir.path(), &[]).await;
+    let b = node(&spec, 1, dir.path(), &[&a]).await;
+    let (mut swarm, _) = join_as_outsider(&spec, a.dial_addr(), Duration::from_secs(20)).await.unwrap();
+    let outsider = *swarm.local_peer_id();
+    let honest: Vec<_> = (0..5).map(|seed| build(&spec, 16, 9_000 + seed, Chooser::Seeded)).collect();
+    let mut wanted: std::collections::HashSet<Vec<u8>> = honest.iter().map(|b| b.bytes.clone()).collect();
+    let received = tokio::spawn(async move {
+        while !wanted.is_empty() {
+            if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) =
+                swarm.select_next_some().await
+            {
+                wanted.remove(&message.data);
+            }
+        }
+        swarm
+    });
+    // A few heartbeats (500 ms each) to graft and prune.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for built in &honest {
+        assert!(submit(&b, &built.bytes).await.stored);
+    }
+    let peers = a.network.peers().await.unwrap();
+    let in_mesh = |peer| peers.iter().find(|p| p.peer_id == peer).expect("connected").in_mesh;
+    assert!(!in_mesh(outsider), "an outsider holds a mesh slot");
+    assert!(in_mesh(b.peer_id), "validators mesh with each other");
+    let swarm = tokio::time::timeout(Duration::from_secs(30), received).await;
+    assert!(swarm.expect("the outsider got every artifact, announced and asked for").is_ok());
     a.stop().await;
     b.stop().await;
 }

@@ -27,6 +27,7 @@ pub(super) enum Command {
     Unblock(PeerId),
     Dial { addr: Multiaddr, reply: oneshot::Sender<Result<(), NetworkError>> },
     Penalise(PeerId),
+    KeepOutOfMesh(PeerId),
     Ban { peer: PeerId, time: Duration },
     RequestSync { peer: PeerId, from: u64, reply: oneshot::Sender<Result<SyncResponse, NetworkError>> },
     RespondSync { channel: ResponseChannel<SyncResponse>, page: SyncResponse },
@@ -68,6 +69,11 @@ pub(super) struct EventLoop {
 /// block list without bound; past this a misbehaving peer is disconnected
 /// and may dial again (connection limits bound how fast).
 const MAX_BANS: usize = 4096;
+/// Application score of a peer kept out of the mesh: times gossipsub's
+/// application weight (10) it is -5, below the 0 a mesh peer needs and far
+/// above the gossip threshold (-10), so invalid messages still take it to
+/// the graylist at the same count.
+const OUTSIDER_APPLICATION_SCORE: f64 = -0.5;
 
 impl EventLoop {
     pub(super) fn new(
@@ -240,7 +246,11 @@ impl EventLoop {
                 let peers = self
                     .swarm
                     .connected_peers()
-                    .map(|peer| PeerInfo { peer_id: *peer, score: gossipsub.peer_score(peer) })
+                    .map(|peer| PeerInfo {
+                        peer_id: *peer,
+                        score: gossipsub.peer_score(peer),
+                        in_mesh: gossipsub.all_mesh_peers().any(|p| p == peer),
+                    })
                     .collect();
                 let _ = reply.send(peers);
             }
@@ -259,6 +269,14 @@ impl EventLoop {
                 let _ = reply.send(result);
             }
             Command::Penalise(peer) => self.penalise(&peer),
+            Command::KeepOutOfMesh(peer) => {
+                let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+                // Never raises a score: a peer penalised before it
+                // reconnected stays penalised.
+                if gossipsub.peer_score(&peer).is_none_or(|score| score >= 0.0) {
+                    gossipsub.set_application_score(&peer, OUTSIDER_APPLICATION_SCORE);
+                }
+            }
             Command::Ban { peer, time } => self.ban(peer, time),
             Command::RequestSync { peer, from, reply } => {
                 let id = self.swarm.behaviour_mut().sync.send_request(&peer, SyncRequest { from });

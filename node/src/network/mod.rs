@@ -61,6 +61,9 @@ pub struct PeerInfo {
     pub peer_id: PeerId,
     /// Gossipsub's score; below [`GRAYLIST_THRESHOLD`] the peer is ignored.
     pub score: Option<f64>,
+    /// Whether messages are pushed to it in full (a mesh peer of a topic),
+    /// rather than announced for it to ask for.
+    pub in_mesh: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +137,15 @@ impl NetworkClient {
     /// outside gossip, where gossipsub's own scoring cannot see it.
     pub async fn penalise(&self, peer: PeerId) -> Result<(), NetworkError> {
         Ok(self.commands.send(Command::Penalise(peer)).await?)
+    }
+
+    /// Keeps `peer` out of this node's gossip meshes (a small negative
+    /// score, far above the thresholds that stop gossip): it still gets
+    /// every message announced and may ask for it, and may publish, but
+    /// full messages are pushed only to mesh peers. A score already below
+    /// zero is left as it is.
+    pub async fn keep_out_of_mesh(&self, peer: PeerId) -> Result<(), NetworkError> {
+        Ok(self.commands.send(Command::KeepOutOfMesh(peer)).await?)
     }
 
     /// Penalises `peer` as [`Self::penalise`] does, closes its connections

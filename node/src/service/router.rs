@@ -175,7 +175,15 @@ impl Router {
                 }
             }
             NetworkEvent::SyncRequest { peer, from, channel } => self.on_sync_request(peer, from, channel).await?,
-            NetworkEvent::PeerConnected(peer) => self.request_sync(peer),
+            NetworkEvent::PeerConnected(peer) => {
+                // Mesh slots are for validators: pushing every message in
+                // full to outsiders (any number of free identities) would
+                // multiply this node's sending; they are sent announcements.
+                if !self.validators.contains(&peer) {
+                    self.network.keep_out_of_mesh(peer).await?;
+                }
+                self.request_sync(peer);
+            }
             NetworkEvent::PeerDisconnected(peer) => {
                 self.gate.forget(&peer);
                 self.last_asked.remove(&peer);
