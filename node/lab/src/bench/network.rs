@@ -54,6 +54,11 @@ pub struct Args {
     /// Run once more per attack given (repeatable), each on fresh nodes.
     #[arg(long, value_enum)]
     attack: Vec<Attack>,
+    /// Rounds of the unattacked run followed by each flood or attack: a
+    /// machine whose speed drifts between runs needs several, and the
+    /// median of each round's ratio.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 /// Who else is on the network during a run.
@@ -115,23 +120,45 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         cpus::pin_to(node_cpus)?;
     }
     let runtime = tokio::runtime::Runtime::new()?;
-    let baseline = runtime.block_on(measure(&spec, &args, &artifacts, Adversary::None))?;
     println!("nodes                      {}", args.nodes);
     println!("artifacts                  {} of {} tokens, k = {}", args.artifacts, args.tokens, spec.logged_k);
-    report("", &baseline, args.artifacts);
-    if args.flood > 0 {
-        let flooded = runtime.block_on(measure(&spec, &args, &artifacts, Adversary::Flood(forged)))?;
-        println!("with a peer flooding {} forged artifacts to node 0:", args.flood);
-        report("  ", &flooded, args.artifacts);
-        let ratio = flooded.throughput() / baseline.throughput();
-        println!("  honest throughput        {:.2}× the run without flood", ratio);
+    let rounds = args.rounds.max(1);
+    // Per flood or attack, its throughput over its round's unattacked run.
+    let mut ratios: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut note = |name: String, ratio: f64| match ratios.iter_mut().find(|(n, _)| *n == name) {
+        Some((_, list)) => list.push(ratio),
+        None => ratios.push((name, vec![ratio])),
+    };
+    for round in 1..=rounds {
+        if rounds > 1 {
+            println!("round {round} of {rounds}:");
+        }
+        let baseline = runtime.block_on(measure(&spec, &args, &artifacts, Adversary::None))?;
+        report("", &baseline, args.artifacts);
+        if args.flood > 0 {
+            let flooded = runtime.block_on(measure(&spec, &args, &artifacts, Adversary::Flood(forged.clone())))?;
+            println!("with a peer flooding {} forged artifacts to node 0:", args.flood);
+            report("  ", &flooded, args.artifacts);
+            let ratio = flooded.throughput() / baseline.throughput();
+            println!("  honest throughput        {:.2}× the run without flood", ratio);
+            note("flood".into(), ratio);
+        }
+        for &attack in &args.attack {
+            let attacked = runtime.block_on(measure(&spec, &args, &artifacts, Adversary::Attack(attack)))?;
+            println!("under attack {attack:?}:");
+            report("  ", &attacked, args.artifacts);
+            let ratio = attacked.throughput() / baseline.throughput();
+            println!("  honest throughput        {:.2}× the run without attack", ratio);
+            note(format!("{attack:?}"), ratio);
+        }
     }
-    for &attack in &args.attack {
-        let attacked = runtime.block_on(measure(&spec, &args, &artifacts, Adversary::Attack(attack)))?;
-        println!("under attack {attack:?}:");
-        report("  ", &attacked, args.artifacts);
-        let ratio = attacked.throughput() / baseline.throughput();
-        println!("  honest throughput        {:.2}× the run without attack", ratio);
+    if rounds > 1 {
+        println!("honest throughput over {rounds} rounds, each against its own round's run without attack:");
+        for (name, list) in &ratios {
+            let each: Vec<String> = list.iter().map(|r| format!("{r:.2}")).collect();
+            let median = quantile(list, 0.5).unwrap_or(f64::NAN);
+            println!("  {name:24} median {median:.2}× (rounds: {})", each.join(", "));
+        }
     }
     match &cpus {
         Some((node_cpus, attacker_cpu)) => println!(
