@@ -45,8 +45,8 @@ impl Rate {
     pub const NONE: Rate = Rate { calls_per_s: None, bytes_per_s: None };
 }
 
-/// Client sources (IPv4 addresses, IPv6 /64s) whose buckets are kept while no connection of theirs is open; past
-/// this, idle ones are forgotten.
+/// Client sources (IPv4 addresses, IPv6 /64s) whose buckets are kept while
+/// no connection of theirs is open; past this, idle ones are forgotten.
 const IDLE_IPS: usize = 1024;
 
 #[derive(Debug)]
