@@ -1,7 +1,7 @@
 //! Hostile peers on real nodes (libp2p on loopback): a sync-request flood, a
 //! peer that wiped its data dir, sync pages from outside the validator set,
 //! sybils filling the validation queue with the largest forgeries, and
-//! outsiders taking mesh slots.
+//! outsiders asking to be sent every message.
 
 use std::time::{Duration, Instant};
 
@@ -214,14 +214,15 @@ async fn sybils_flooding_the_largest_forgeries_do_not_stop_honest_gossip() {
     b.stop().await;
 }
 
-/// The attack: outside identities, free to make, join a validator's topics.
-/// Before, each could take a mesh slot, and the validator pushed every
-/// message in full to each of them, so its sending grew with the sybils
-/// (`poi-lab bench network --attack` measures it). Now outsiders stay out
-/// of validators' meshes, are sent announcements, and still receive every
-/// artifact by asking for it.
+/// Before: outsiders (free identities) each held a mesh slot and were
+/// pushed every message in full, then, kept out of the mesh, still asked
+/// for every message they were told of: the validator's sending grew with
+/// their number. Now a validator sends outsiders no gossip at all, even one
+/// that keeps delivering valid artifacts first (standing is not earned);
+/// they catch up by sync. Attacked from both sides: artifacts submitted at
+/// the validator itself (published) and at the other one (forwarded).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outsiders_get_no_mesh_slot_and_still_receive_every_artifact() {
+async fn outsiders_are_sent_no_gossip_however_they_behave_and_catch_up_by_sync() {
     use libp2p::gossipsub;
     use libp2p::swarm::SwarmEvent;
     use poi_node::network::{join_as_outsider, BehaviourEvent};
@@ -229,31 +230,61 @@ async fn outsiders_get_no_mesh_slot_and_still_receive_every_artifact() {
     let dir = tempfile::tempdir().unwrap();
     let a = node(&spec, 0, dir.path(), &[]).await;
     let b = node(&spec, 1, dir.path(), &[&a]).await;
-    let (mut swarm, _) = join_as_outsider(&spec, a.dial_addr(), Duration::from_secs(20)).await.unwrap();
+    let (mut swarm, topics) = join_as_outsider(&spec, a.dial_addr(), Duration::from_secs(20)).await.unwrap();
     let outsider = *swarm.local_peer_id();
-    let honest: Vec<_> = (0..5).map(|seed| build(&spec, 16, 9_000 + seed, Chooser::Seeded)).collect();
-    let mut wanted: std::collections::HashSet<Vec<u8>> = honest.iter().map(|b| b.bytes.clone()).collect();
-    let received = tokio::spawn(async move {
-        while !wanted.is_empty() {
-            if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) =
-                swarm.select_next_some().await
-            {
-                wanted.remove(&message.data);
+    let honest: Vec<_> = (0..10).map(|seed| build(&spec, 16, 9_000 + seed, Chooser::Seeded)).collect();
+    let own: Vec<_> = (0..120).map(|seed| build(&spec, 16, 9_100 + seed, Chooser::Seeded)).collect();
+    let own_ids = ids(&own);
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    // The outsider publishes a valid artifact of its own every 25 ms (each
+    // a first delivery at a) and keeps what gossip brings it.
+    let outsider_task = tokio::spawn(async move {
+        let mut received = Vec::new();
+        let mut own = own.into_iter();
+        let mut pace = tokio::time::interval(Duration::from_millis(25));
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return (swarm, received),
+                _ = pace.tick() => if let Some(built) = own.next() {
+                    let _ = swarm.behaviour_mut().gossipsub.publish(topics.artifacts.clone(), built.bytes);
+                },
+                event = swarm.select_next_some() => {
+                    if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) = event {
+                        received.push(message.data);
+                    }
+                }
             }
         }
-        swarm
     });
-    // A few heartbeats (500 ms each) to graft and prune.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    for built in &honest {
-        assert!(submit(&b, &built.bytes).await.stored);
+    // Its own artifacts reach both validators, so it has delivered first.
+    assert!(eventually(Duration::from_secs(20), || has_all(&a, &own_ids[..40]) && has_all(&b, &own_ids[..40])).await);
+    for (i, built) in honest.iter().enumerate() {
+        assert!(submit(if i % 2 == 0 { &a } else { &b }, &built.bytes).await.stored);
     }
+    assert!(eventually(Duration::from_secs(20), || has_all(&a, &ids(&honest))).await);
+    // Six heartbeats (500 ms) of announcements, had there been any.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let peers = a.network.peers().await.unwrap();
     let in_mesh = |peer| peers.iter().find(|p| p.peer_id == peer).expect("connected").in_mesh;
     assert!(!in_mesh(outsider), "an outsider holds a mesh slot");
     assert!(in_mesh(b.peer_id), "validators mesh with each other");
-    let swarm = tokio::time::timeout(Duration::from_secs(30), received).await;
-    assert!(swarm.expect("the outsider got every artifact, announced and asked for").is_ok());
+    stop.send(()).unwrap();
+    let (swarm, received) = outsider_task.await.unwrap();
+    let sent: Vec<_> = honest.iter().filter(|built| received.contains(&built.bytes)).map(|b| b.artifact.id()).collect();
+    assert!(sent.is_empty(), "a sent an outsider {} of 10 honest artifacts by gossip: {sent:?}", sent.len());
+    drop(swarm);
+    // By sync, the outsider (any peer) gets them all.
+    let reader = Outsider::join(&spec, &a).await;
+    let page = reader.request_sync(0).await.expect("a sync page");
+    let synced: Vec<_> = page
+        .entries
+        .iter()
+        .filter_map(|entry| match entry {
+            SyncEntry::Artifact(bytes) => Some(bytes.clone()),
+            SyncEntry::Vote(_) => None,
+        })
+        .collect();
+    assert!(honest.iter().all(|built| synced.contains(&built.bytes)), "every honest artifact is in a's log");
     a.stop().await;
     b.stop().await;
 }

@@ -143,6 +143,10 @@ fn gossipsub(spec: &ChainSpec, topics: &Topics) -> Result<gossipsub::Behaviour, 
             // A quiet network delivers nothing; that is no fault.
             mesh_message_deliveries_weight: 0.0,
             mesh_failure_penalty_weight: 0.0,
+            // Standing comes from the validator set, not from delivering
+            // first: an outsider sending cheap artifacts that pass the
+            // replay check must not earn its way back to being sent gossip.
+            first_message_deliveries_weight: 0.0,
             ..TopicScoreParams::default()
         };
         params.topics.insert(topic.hash(), topic_params);

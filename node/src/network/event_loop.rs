@@ -27,7 +27,7 @@ pub(super) enum Command {
     Unblock(PeerId),
     Dial { addr: Multiaddr, reply: oneshot::Sender<Result<(), NetworkError>> },
     Penalise(PeerId),
-    KeepOutOfMesh(PeerId),
+    WithholdGossip(PeerId),
     Ban { peer: PeerId, time: Duration },
     RequestSync { peer: PeerId, from: u64, reply: oneshot::Sender<Result<SyncResponse, NetworkError>> },
     RespondSync { channel: ResponseChannel<SyncResponse>, page: SyncResponse },
@@ -69,11 +69,13 @@ pub(super) struct EventLoop {
 /// block list without bound; past this a misbehaving peer is disconnected
 /// and may dial again (connection limits bound how fast).
 const MAX_BANS: usize = 4096;
-/// Application score of a peer kept out of the mesh: times gossipsub's
-/// application weight (10) it is -5, below the 0 a mesh peer needs and far
-/// above the gossip threshold (-10), so invalid messages still take it to
-/// the graylist at the same count.
-const OUTSIDER_APPLICATION_SCORE: f64 = -0.5;
+/// Application score of a peer this node sends no gossip: times
+/// gossipsub's application weight (10) it is -60, below the 0 a mesh peer
+/// needs, the gossip threshold (-10: no announcements, its requests for
+/// messages ignored) and the publish threshold (-50: nothing published or
+/// forwarded to it), above the graylist (-80): its own messages are still
+/// checked, and two invalid ones (-10 × 2²) graylist it.
+const WITHHELD_APPLICATION_SCORE: f64 = -6.0;
 
 impl EventLoop {
     pub(super) fn new(
@@ -269,12 +271,12 @@ impl EventLoop {
                 let _ = reply.send(result);
             }
             Command::Penalise(peer) => self.penalise(&peer),
-            Command::KeepOutOfMesh(peer) => {
+            Command::WithholdGossip(peer) => {
                 let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
                 // Never raises a score: a peer penalised before it
                 // reconnected stays penalised.
                 if gossipsub.peer_score(&peer).is_none_or(|score| score >= 0.0) {
-                    gossipsub.set_application_score(&peer, OUTSIDER_APPLICATION_SCORE);
+                    gossipsub.set_application_score(&peer, WITHHELD_APPLICATION_SCORE);
                 }
             }
             Command::Ban { peer, time } => self.ban(peer, time),

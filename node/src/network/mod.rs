@@ -139,13 +139,13 @@ impl NetworkClient {
         Ok(self.commands.send(Command::Penalise(peer)).await?)
     }
 
-    /// Keeps `peer` out of this node's gossip meshes (a small negative
-    /// score, far above the thresholds that stop gossip): it still gets
-    /// every message announced and may ask for it, and may publish, but
-    /// full messages are pushed only to mesh peers. A score already below
-    /// zero is left as it is.
-    pub async fn keep_out_of_mesh(&self, peer: PeerId) -> Result<(), NetworkError> {
-        Ok(self.commands.send(Command::KeepOutOfMesh(peer)).await?)
+    /// Sends `peer` no gossip (a score below gossipsub's gossip and publish
+    /// thresholds, above its graylist): no mesh slot, no announcements, no
+    /// answers to its requests for messages, nothing published or forwarded
+    /// to it; what it publishes is still checked and forwarded. A score
+    /// already below zero is left as it is.
+    pub async fn withhold_gossip(&self, peer: PeerId) -> Result<(), NetworkError> {
+        Ok(self.commands.send(Command::WithholdGossip(peer)).await?)
     }
 
     /// Penalises `peer` as [`Self::penalise`] does, closes its connections

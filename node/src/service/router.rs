@@ -176,11 +176,12 @@ impl Router {
             }
             NetworkEvent::SyncRequest { peer, from, channel } => self.on_sync_request(peer, from, channel).await?,
             NetworkEvent::PeerConnected(peer) => {
-                // Mesh slots are for validators: pushing every message in
-                // full to outsiders (any number of free identities) would
-                // multiply this node's sending; they are sent announcements.
+                // Gossip is sent to validators only: outsiders (any number
+                // of free identities) could each ask for every message, and
+                // this node's sending would grow with them. They catch up
+                // by sync, whose pages they share at one rate.
                 if !self.validators.contains(&peer) {
-                    self.network.keep_out_of_mesh(peer).await?;
+                    self.network.withhold_gossip(peer).await?;
                 }
                 self.request_sync(peer);
             }

@@ -54,9 +54,10 @@ pub struct Args {
     /// Run once more per attack given (repeatable), each on fresh nodes.
     #[arg(long, value_enum)]
     attack: Vec<Attack>,
-    /// Rounds of the unattacked run followed by each flood or attack: a
-    /// machine whose speed drifts between runs needs several, and the
-    /// median of each round's ratio.
+    /// Rounds of the unattacked run, then each flood or attack followed by
+    /// another unattacked run; each attacked run is compared with the mean
+    /// of the two beside it (a machine whose speed drifts needs several
+    /// rounds, and the median of the ratios).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
 }
@@ -133,27 +134,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if rounds > 1 {
             println!("round {round} of {rounds}:");
         }
-        let baseline = runtime.block_on(measure(&spec, &args, &artifacts, Adversary::None))?;
-        report("", &baseline, args.artifacts);
-        if args.flood > 0 {
-            let flooded = runtime.block_on(measure(&spec, &args, &artifacts, Adversary::Flood(forged.clone())))?;
-            println!("with a peer flooding {} forged artifacts to node 0:", args.flood);
-            report("  ", &flooded, args.artifacts);
-            let ratio = flooded.throughput() / baseline.throughput();
-            println!("  honest throughput        {:.2}× the run without flood", ratio);
-            note("flood".into(), ratio);
-        }
-        for &attack in &args.attack {
-            let attacked = runtime.block_on(measure(&spec, &args, &artifacts, Adversary::Attack(attack)))?;
-            println!("under attack {attack:?}:");
+        let mut before = runtime.block_on(measure(&spec, &args, &artifacts, Adversary::None))?;
+        report("", &before, args.artifacts);
+        let flood = (args.flood > 0).then(|| ("flood".to_string(), Adversary::Flood(forged.clone())));
+        let attacks = args.attack.iter().map(|&attack| (format!("{attack:?}"), Adversary::Attack(attack)));
+        for (name, adversary) in flood.into_iter().chain(attacks) {
+            let attacked = runtime.block_on(measure(&spec, &args, &artifacts, adversary))?;
+            match &attacked.attacked {
+                Some(_) => println!("under attack {name}:"),
+                None => println!("with a peer flooding {} forged artifacts to node 0:", args.flood),
+            }
             report("  ", &attacked, args.artifacts);
-            let ratio = attacked.throughput() / baseline.throughput();
-            println!("  honest throughput        {:.2}× the run without attack", ratio);
-            note(format!("{attack:?}"), ratio);
+            // The attacked run between two without: the machine's drift
+            // (and any advantage of running first) cancels out.
+            let after = runtime.block_on(measure(&spec, &args, &artifacts, Adversary::None))?;
+            println!("without attack again:");
+            report("  ", &after, args.artifacts);
+            let ratio = attacked.throughput() / ((before.throughput() + after.throughput()) / 2.0);
+            println!("  honest throughput        {ratio:.2}× the mean of the runs without attack on either side");
+            note(name, ratio);
+            before = after;
         }
     }
     if rounds > 1 {
-        println!("honest throughput over {rounds} rounds, each against its own round's run without attack:");
+        println!("honest throughput over {rounds} rounds, each against the runs without attack on either side:");
         for (name, list) in &ratios {
             let each: Vec<String> = list.iter().map(|r| format!("{r:.2}")).collect();
             let median = quantile(list, 0.5).unwrap_or(f64::NAN);
