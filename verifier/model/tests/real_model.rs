@@ -12,7 +12,7 @@ use poi_chain_spec::{devnet_requester, ChainSpec};
 use poi_model::builtin_profile;
 use poi_model::chat::Message;
 use poi_model::full_check::full_check;
-use poi_model::generate::{generate, logged_candidates, teacher_forced_top_k, Draws, StopRules};
+use poi_model::generate::{generate, logged_candidates, teacher_forced, teacher_forced_top_k, Draws, StopRules};
 use poi_model::runtime::{default_model_path, Runtime};
 use poi_verifier::full_check::rejection;
 use poi_verifier::{draw, ReplayChecker, Sampler, SeedingClass};
@@ -205,4 +205,43 @@ fn artifact_from_a_cheaper_profile_fails_the_full_check() {
     let full = full_check(&runtime().model, &artifact, &spec.thresholds).unwrap();
     println!("requant-q2k miner: distance2 {:.6}, match {:.4}", full.distance2, full.match_ratio);
     assert!(!full.accepted, "distance2 {} match {}", full.distance2, full.match_ratio);
+}
+
+/// SHA-256 over the bits of every log-prob row of a teacher-forced pass.
+fn rows_digest(model: &poi_model::Llama, prompt: &[u32], generated: &[u32]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    teacher_forced(model, prompt, generated, |_, row| {
+        row.iter().for_each(|x| hasher.update(x.to_bits().to_le_bytes()))
+    })
+    .unwrap();
+    hex::encode(hasher.finalize())
+}
+
+/// The pinned profile's numbers on the real model, pinned for this
+/// `NUMERICS_VERSION`: every log-prob of a 600-token teacher-forced pass (two
+/// prefill chunks), at 1 and 3 threads, and decode against prefill. A kernel
+/// change that moves one bit fails here; a deliberate one is a new version
+/// with a new digest.
+#[test]
+fn pinned_profile_numbers_do_not_drift() {
+    const DIGEST: &str = "3f26ab2632465d65113ebf08ea90300e0854f8a14847888b24676e5e75844b10";
+    let model = &runtime().model;
+    assert_eq!(poi_model::NUMERICS_VERSION, 2, "a new version of the numbers needs a new digest here");
+    let prompt = reference().greedy.prompt;
+    let generated: Vec<u32> = (0..600u32).map(|i| (i * 7919) % 49000 + 17).collect();
+    for threads in [1, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let digest = pool.install(|| rows_digest(model, &prompt, &generated));
+        assert_eq!(digest, DIGEST, "{threads} threads");
+    }
+    let (short, mut prefill) = (&generated[..24], Vec::new());
+    teacher_forced(model, &prompt, short, |_, row| prefill.push(row.to_vec())).unwrap();
+    let mut cache = model.new_cache();
+    let mut decode = vec![model.forward(&prompt, &mut cache, prompt.len() - 1).unwrap()];
+    for &token in &short[..short.len() - 1] {
+        decode.push(model.forward(&[token], &mut cache, 0).unwrap());
+    }
+    let bits = |rows: &[Vec<f32>]| rows.iter().flatten().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert!(bits(&prefill) == bits(&decode), "decode and prefill differ");
 }
