@@ -25,21 +25,40 @@ pub struct Q8_0 {
     pub qs: [i8; BLOCK],
 }
 
-/// A dot product of a weight row and an activation row of blocks.
-pub type Dot = fn(&[Q8_0], &[Q8_0]) -> f32;
+/// Whether the vector kernel computes the definition for activation row
+/// `x`: the q8_0 quantizer's values lie in -127..=127, which it needs
+/// (weights may be any i8).
+pub fn vector_kernel_fits(x: &[Q8_0]) -> bool {
+    x.iter().all(|b| b.qs.iter().all(|&q| q != i8::MIN))
+}
 
-/// The fastest kernel that computes the definition for activation row `x`
-/// (chosen once per row, not per dot product). The q8_0 quantizer's values
-/// lie in -127..=127, which the vector kernel needs; weights may be any i8.
-pub fn kernel_for(x: &[Q8_0]) -> Dot {
+/// Weight row `w` against each activation row of `xs` (at most 4), row
+/// `i`'s result at `out[i * stride]`; `vector` says every row fits the
+/// vector kernel. Each weight block is loaded once for all rows.
+pub fn dot_rows(w: &[Q8_0], xs: &[&[Q8_0]], vector: bool, out: &mut [f32], stride: usize) {
+    assert!(!xs.is_empty() && xs.len() <= 4 && out.len() > (xs.len() - 1) * stride, "output too small");
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-    {
-        if x.iter().all(|b| b.qs.iter().all(|&q| q != i8::MIN)) {
-            return dot_avx2;
+    if vector {
+        match xs {
+            [a] => store(dot_avx2(w, [a]), out, stride),
+            [a, b] => store(dot_avx2(w, [a, b]), out, stride),
+            [a, b, c] => store(dot_avx2(w, [a, b, c]), out, stride),
+            [a, b, c, d, ..] => store(dot_avx2(w, [a, b, c, d]), out, stride),
+            [] => {}
         }
+        return;
     }
-    let _ = x;
-    dot_portable
+    let _ = vector;
+    for (i, x) in xs.iter().enumerate() {
+        out[i * stride] = dot_portable(w, x);
+    }
+}
+
+#[cfg_attr(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")), allow(dead_code))]
+fn store<const R: usize>(values: [f32; R], out: &mut [f32], stride: usize) {
+    for (i, v) in values.into_iter().enumerate() {
+        out[i * stride] = v;
+    }
 }
 
 /// The definition, in plain Rust: `f32::mul_add` is one correctly rounded
@@ -58,32 +77,38 @@ pub fn dot_portable(w: &[Q8_0], x: &[Q8_0]) -> f32 {
     (half[0] + half[2]) + (half[1] + half[3])
 }
 
-/// The same operations on 8 lanes at once. `_mm256_maddubs_epi16` multiplies
-/// unsigned by signed bytes, so the sign moves onto the activation (candle's
-/// trick); that is exact unless an activation is -128, which `kernel_for`
-/// rules out.
+/// The same operations on 8 lanes at once, for `R` activation rows per
+/// weight block. `_mm256_maddubs_epi16` multiplies unsigned by signed bytes,
+/// so the sign moves onto the activation (candle's trick); that is exact
+/// unless an activation is -128, which `vector_kernel_fits` rules out.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
-fn dot_avx2(w: &[Q8_0], x: &[Q8_0]) -> f32 {
+fn dot_avx2<const R: usize>(w: &[Q8_0], xs: [&&[Q8_0]; R]) -> [f32; R] {
     use std::arch::x86_64::*;
+    assert!(xs.iter().all(|x| x.len() >= w.len()), "activation row too short");
     // SAFETY: loads are unaligned and within each block's 32 quant bytes;
     // AVX2 and FMA are enabled for the whole build.
     unsafe {
         let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        for (a, b) in w.iter().zip(x) {
-            let d = _mm256_set1_ps(a.d.to_f32() * b.d.to_f32());
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (at, a) in w.iter().enumerate() {
             let wa = _mm256_loadu_si256(a.qs.as_ptr().cast());
-            let xb = _mm256_loadu_si256(b.qs.as_ptr().cast());
             let magnitude = _mm256_sign_epi8(wa, wa);
-            let signed = _mm256_sign_epi8(xb, wa);
-            // Pairs of u8 (<= 128) × i8 (|x| <= 127) fit i16 without saturation.
-            let pairs = _mm256_maddubs_epi16(magnitude, signed);
-            let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, pairs));
-            acc = _mm256_fmadd_ps(d, sums, acc);
+            let wd = a.d.to_f32();
+            for (acc, x) in acc.iter_mut().zip(xs) {
+                let b = x.get_unchecked(at);
+                let d = _mm256_set1_ps(wd * b.d.to_f32());
+                let signed = _mm256_sign_epi8(_mm256_loadu_si256(b.qs.as_ptr().cast()), wa);
+                // Pairs of u8 (<= 128) × i8 (|x| <= 127) fit i16 without saturation.
+                let pairs = _mm256_maddubs_epi16(magnitude, signed);
+                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, pairs));
+                *acc = _mm256_fmadd_ps(d, sums, *acc);
+            }
         }
-        let half = _mm_add_ps(_mm256_extractf128_ps::<1>(acc), _mm256_castps256_ps128(acc));
-        let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
-        _mm_cvtss_f32(_mm_add_ss(quarter, _mm_movehdup_ps(quarter)))
+        acc.map(|acc| {
+            let half = _mm_add_ps(_mm256_extractf128_ps::<1>(acc), _mm256_castps256_ps128(acc));
+            let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
+            _mm_cvtss_f32(_mm_add_ss(quarter, _mm_movehdup_ps(quarter)))
+        })
     }
 }
 
@@ -116,12 +141,19 @@ mod tests {
     fn the_vector_kernel_is_the_definition() {
         for seed in 0..300 {
             let n = 1 + (seed as usize % 40);
-            let (w, x) = (blocks(seed, n, true), blocks(seed + 1000, n, false));
-            assert_eq!(kernel_for(&x)(&w, &x).to_bits(), dot_portable(&w, &x).to_bits(), "seed {seed}");
+            let w = blocks(seed, n, true);
             // An activation of -128 (never produced by the quantizer) still
             // gets the definition's answer.
-            let x = blocks(seed + 2000, n, true);
-            assert_eq!(kernel_for(&x)(&w, &x).to_bits(), dot_portable(&w, &x).to_bits(), "seed {seed}, full range");
+            let xs: Vec<Vec<Q8_0>> = (0..4).map(|r| blocks(seed + 1000 * (r + 1), n, r == 3)).collect();
+            for rows in 1..=4 {
+                let xs: Vec<&[Q8_0]> = xs[..rows].iter().map(Vec::as_slice).collect();
+                let vector = xs.iter().all(|x| vector_kernel_fits(x));
+                let mut out = vec![0f32; 2 * rows];
+                dot_rows(&w, &xs, vector, &mut out, 2);
+                for (i, x) in xs.iter().enumerate() {
+                    assert_eq!(out[2 * i].to_bits(), dot_portable(&w, x).to_bits(), "seed {seed}, row {i} of {rows}");
+                }
+            }
         }
     }
 }

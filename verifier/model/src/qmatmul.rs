@@ -47,6 +47,9 @@ const _: () = assert!(std::mem::align_of::<Q8_0>() == std::mem::align_of::<Block
 /// Weight rows handled together: one activation block is loaded once for
 /// all of them, and their f32 epilogues run as one 8-lane vector.
 const GROUP: usize = 8;
+/// Activation rows handled together: each weight block is loaded (and
+/// unpacked) once for all of them.
+const ROWS: usize = 4;
 
 /// q4_1 weights regrouped: for group g, block b, row r the index is
 /// `(g * blocks + b) * GROUP + r`; scales pre-converted to f32 (exact).
@@ -101,24 +104,36 @@ impl TiledQMatMul {
                 let x: &[Q8_1] = unsafe { std::slice::from_raw_parts(x.as_ptr().cast(), x.len()) };
                 let activations = Activations::new(x);
                 let groups = self.out_features.div_ceil(GROUP);
-                self.tiled(m, groups, GROUP, |group, row, out| {
-                    dot_q4_1_group(w, group, &activations, row * blocks, out)
+                self.tiled(m, groups, GROUP, |group, first, rows, out, stride| {
+                    dot_q4_1_group(w, group, &activations, first, rows, out, stride)
                 })
             }
             Weights::Q8_0(w) => {
                 let x = as_q8_0(quantize_rows::<BlockQ8_0>(rows, self.in_features));
                 let x_rows: Vec<&[Q8_0]> = x.chunks_exact(blocks).collect();
-                let kernels: Vec<q8_0::Dot> = x_rows.iter().map(|row| q8_0::kernel_for(row)).collect();
-                self.tiled(m, self.out_features, 1, |col, row, out| {
-                    out[0] = kernels[row](&w[col * blocks..(col + 1) * blocks], x_rows[row]);
+                let vector: Vec<bool> = x_rows.iter().map(|row| q8_0::vector_kernel_fits(row)).collect();
+                self.tiled(m, self.out_features, 1, |col, first, rows, out, stride| {
+                    let weights = &w[col * blocks..(col + 1) * blocks];
+                    let x = &x_rows[first..first + rows];
+                    q8_0::dot_rows(weights, x, vector[first..first + rows].iter().all(|&v| v), out, stride);
                 })
             }
         }
     }
 
-    /// Runs `unit(u, row, out)` for every unit of `width` output columns and
-    /// every activation row, units spread over threads a tile at a time.
-    fn tiled(&self, m: usize, units: usize, width: usize, unit: impl Fn(usize, usize, &mut [f32]) + Sync) -> Vec<f32> {
+    /// Runs `unit(u, first, rows, out, stride)` for every unit of `width`
+    /// output columns and every run of up to `ROWS` activation rows from
+    /// `first`; the unit writes row `first + i`'s columns at `out[i * stride..]`.
+    /// Units are spread over threads a tile at a time. Each output value is
+    /// computed by the same operations whatever the split, so neither the
+    /// thread count nor the number of rows changes a bit.
+    fn tiled(
+        &self,
+        m: usize,
+        units: usize,
+        width: usize,
+        unit: impl Fn(usize, usize, usize, &mut [f32], usize) + Sync,
+    ) -> Vec<f32> {
         let n = self.out_features;
         let per_tile = (TILE / width).max(1);
         let tiles: Vec<(usize, Vec<f32>)> = (0..units.div_ceil(per_tile))
@@ -127,9 +142,10 @@ impl TiledQMatMul {
                 let units_here = tile * per_tile..((tile + 1) * per_tile).min(units);
                 let cols = units_here.len() * width;
                 let mut out = vec![0f32; m * cols];
-                for row in 0..m {
+                for first in (0..m).step_by(ROWS) {
+                    let rows = ROWS.min(m - first);
                     for (i, u) in units_here.clone().enumerate() {
-                        unit(u, row, &mut out[row * cols + i * width..row * cols + (i + 1) * width]);
+                        unit(u, first, rows, &mut out[first * cols + i * width..], cols);
                     }
                 }
                 (units_here.start * width, out)
@@ -206,57 +222,90 @@ fn quantize_rows<T: GgmlType>(rows: &[f32], in_features: usize) -> Vec<T> {
     out
 }
 
-/// candle's `BlockQ4_1::vec_dot_unopt` for the 8 rows of `group` against one
-/// activation row (blocks from `first`): per lane, exactly
+/// candle's `BlockQ4_1::vec_dot_unopt` for the 8 weight rows of `group`
+/// against activation rows `first..first + rows` (at most `ROWS`), row `i`'s
+/// 8 results at `out[i * stride..]`: per weight row, exactly
 /// `sumf += sumi as f32 * dx * dy + mx * sy`, block after block. The
 /// portable version is the definition; the AVX2 one must agree (tested).
-fn dot_q4_1_group(w: &Q4_1Groups, group: usize, x: &Activations<'_>, first: usize, out: &mut [f32]) {
+fn dot_q4_1_group(
+    w: &Q4_1Groups,
+    group: usize,
+    x: &Activations<'_>,
+    first: usize,
+    rows: usize,
+    out: &mut [f32],
+    stride: usize,
+) {
+    assert!(rows >= 1 && rows <= ROWS && out.len() >= (rows - 1) * stride + GROUP, "output too small");
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    dot_q4_1_group_avx2(w, group, x, first, out);
+    match rows {
+        1 => dot_q4_1_group_avx2::<1>(w, group, x, first, out, stride),
+        2 => dot_q4_1_group_avx2::<2>(w, group, x, first, out, stride),
+        3 => dot_q4_1_group_avx2::<3>(w, group, x, first, out, stride),
+        _ => dot_q4_1_group_avx2::<4>(w, group, x, first, out, stride),
+    }
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-    dot_q4_1_group_portable(w, group, x, first, out);
+    for i in 0..rows {
+        dot_q4_1_group_portable(w, group, x, (first + i) * w.blocks, &mut out[i * stride..i * stride + GROUP]);
+    }
 }
 
+/// `R` activation rows against one group: each weight block's nibbles are
+/// unpacked once for all `R` rows, which is most of what a row would cost.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-fn dot_q4_1_group_avx2(w: &Q4_1Groups, group: usize, x: &Activations<'_>, first: usize, out: &mut [f32]) {
+fn dot_q4_1_group_avx2<const R: usize>(
+    w: &Q4_1Groups,
+    group: usize,
+    x: &Activations<'_>,
+    first: usize,
+    out: &mut [f32],
+    stride: usize,
+) {
     use std::arch::x86_64::*;
     // SAFETY: AVX2 is enabled for the whole build; all loads are unaligned
-    // and within the slices' bounds.
+    // and within the slices' bounds (`dot_q4_1_group` checked `out`).
     unsafe {
         let low_nibbles = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut nibbles = [_mm256_setzero_si256(); GROUP];
         for b in 0..w.blocks {
-            let y = &x.blocks[first + b];
-            let values = _mm256_loadu_si256(y.qs.as_ptr().cast());
             let at = (group * w.blocks + b) * GROUP;
-            let mut sums = [_mm256_setzero_si256(); GROUP];
-            for (r, sum) in sums.iter_mut().enumerate() {
+            for (r, unpacked) in nibbles.iter_mut().enumerate() {
                 let packed = _mm_loadu_si128(w.qs[at + r].as_ptr().cast());
-                let nibbles = _mm256_insertf128_si256::<1>(_mm256_castsi128_si256(packed), _mm_srli_epi16(packed, 4));
-                let nibbles = _mm256_and_si256(nibbles, low_nibbles);
-                // u8 (0..15) × i8 pairs fit i16 without saturation.
-                *sum = _mm256_madd_epi16(_mm256_maddubs_epi16(nibbles, values), ones);
+                let both = _mm256_insertf128_si256::<1>(_mm256_castsi128_si256(packed), _mm_srli_epi16(packed, 4));
+                *unpacked = _mm256_and_si256(both, low_nibbles);
             }
-            // Eight horizontal sums at once: lanes end up as rows 0..7.
-            let s01 = _mm256_hadd_epi32(sums[0], sums[1]);
-            let s23 = _mm256_hadd_epi32(sums[2], sums[3]);
-            let s45 = _mm256_hadd_epi32(sums[4], sums[5]);
-            let s67 = _mm256_hadd_epi32(sums[6], sums[7]);
-            let s0123 = _mm256_hadd_epi32(s01, s23);
-            let s4567 = _mm256_hadd_epi32(s45, s67);
-            let lo = _mm_add_epi32(_mm256_castsi256_si128(s0123), _mm256_extracti128_si256::<1>(s0123));
-            let hi = _mm_add_epi32(_mm256_castsi256_si128(s4567), _mm256_extracti128_si256::<1>(s4567));
-            let sumi = _mm256_cvtepi32_ps(_mm256_set_m128i(hi, lo));
             let dx = _mm256_loadu_ps(w.d.as_ptr().add(at));
             let mx = _mm256_loadu_ps(w.m.as_ptr().add(at));
-            // Separate multiplies and adds, no FMA: the same roundings as
-            // candle's scalar expression.
-            let scaled = _mm256_mul_ps(_mm256_mul_ps(sumi, dx), _mm256_set1_ps(x.d[first + b]));
-            let term = _mm256_add_ps(scaled, _mm256_mul_ps(mx, _mm256_set1_ps(x.s[first + b])));
-            acc = _mm256_add_ps(acc, term);
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let xb = (first + i) * w.blocks + b;
+                let values = _mm256_loadu_si256(x.blocks[xb].qs.as_ptr().cast());
+                let mut sums = [_mm256_setzero_si256(); GROUP];
+                for (sum, &unpacked) in sums.iter_mut().zip(&nibbles) {
+                    // u8 (0..15) × i8 pairs fit i16 without saturation.
+                    *sum = _mm256_madd_epi16(_mm256_maddubs_epi16(unpacked, values), ones);
+                }
+                // Eight horizontal sums at once: lanes end up as rows 0..7.
+                let s01 = _mm256_hadd_epi32(sums[0], sums[1]);
+                let s23 = _mm256_hadd_epi32(sums[2], sums[3]);
+                let s45 = _mm256_hadd_epi32(sums[4], sums[5]);
+                let s67 = _mm256_hadd_epi32(sums[6], sums[7]);
+                let s0123 = _mm256_hadd_epi32(s01, s23);
+                let s4567 = _mm256_hadd_epi32(s45, s67);
+                let lo = _mm_add_epi32(_mm256_castsi256_si128(s0123), _mm256_extracti128_si256::<1>(s0123));
+                let hi = _mm_add_epi32(_mm256_castsi256_si128(s4567), _mm256_extracti128_si256::<1>(s4567));
+                let sumi = _mm256_cvtepi32_ps(_mm256_set_m128i(hi, lo));
+                // Separate multiplies and adds, no FMA: the same roundings as
+                // candle's scalar expression.
+                let scaled = _mm256_mul_ps(_mm256_mul_ps(sumi, dx), _mm256_set1_ps(x.d[xb]));
+                let term = _mm256_add_ps(scaled, _mm256_mul_ps(mx, _mm256_set1_ps(x.s[xb])));
+                *acc = _mm256_add_ps(*acc, term);
+            }
         }
-        _mm256_storeu_ps(out.as_mut_ptr(), acc);
+        for (i, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(i * stride), *acc);
+        }
     }
 }
 
@@ -289,7 +338,7 @@ mod tests {
     /// The vector q4_1 kernel computes the portable definition, bit for bit.
     #[test]
     fn the_q4_1_vector_kernel_is_the_definition() {
-        let (rows, inp, m) = (21, 256, 3);
+        let (rows, inp, m) = (21, 256, 6);
         let w = Tensor::randn(0f32, 1.0, (rows, inp), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
         let Weights::Q4_1(groups) = TiledQMatMul::new(&q).unwrap().unwrap().weights else { panic!("q4_1") };
@@ -299,11 +348,25 @@ mod tests {
         let blocks: &[Q8_1] = unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), blocks.len()) };
         let activations = Activations::new(blocks);
         for group in 0..rows.div_ceil(GROUP) {
-            for row in 0..m {
-                let (mut fast, mut portable) = ([0f32; GROUP], [0f32; GROUP]);
-                dot_q4_1_group(&groups, group, &activations, row * groups.blocks, &mut fast);
-                dot_q4_1_group_portable(&groups, group, &activations, row * groups.blocks, &mut portable);
-                assert_eq!(fast.map(f32::to_bits), portable.map(f32::to_bits), "group {group}, row {row}");
+            for first in 0..m {
+                for n in 1..=ROWS.min(m - first) {
+                    let stride = GROUP + 3;
+                    let mut fast = vec![0f32; (n - 1) * stride + GROUP];
+                    dot_q4_1_group(&groups, group, &activations, first, n, &mut fast, stride);
+                    for i in 0..n {
+                        let mut portable = [0f32; GROUP];
+                        dot_q4_1_group_portable(
+                            &groups,
+                            group,
+                            &activations,
+                            (first + i) * groups.blocks,
+                            &mut portable,
+                        );
+                        let fast = &fast[i * stride..i * stride + GROUP];
+                        let same = fast.iter().zip(&portable).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "group {group}, row {} of {n} from {first}", first + i);
+                    }
+                }
             }
         }
     }
