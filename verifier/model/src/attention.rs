@@ -89,26 +89,77 @@ impl LayerCache {
         let scale = 1.0 / (d as f32).sqrt();
         let (all_keys, all_values) = (&self.keys, &self.values);
         let mut out = vec![0f32; n * q_row];
-        out.par_chunks_mut(d).enumerate().for_each_init(Vec::new, |scores, (slot, out)| {
-            let (row, head) = (slot / shape.heads, slot % shape.heads);
-            let query = &queries[slot * d..(slot + 1) * d];
-            let kv = (head / group) * d;
-            let visible = offset + row + 1;
-            scores.clear();
-            scores.extend((0..visible).map(|j| dot(query, &all_keys[j * kv_row + kv..j * kv_row + kv + d]) * scale));
-            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut total = 0f32;
-            for s in scores.iter_mut() {
-                *s = libm::expf(*s - max);
-                total += *s;
-            }
-            for (j, &w) in scores.iter().enumerate() {
-                let w = w / total;
-                let value = &all_values[j * kv_row + kv..j * kv_row + kv + d];
-                out.iter_mut().zip(value).for_each(|(o, &v)| *o += w * v);
-            }
+        // The query heads that share a key head sit side by side in a row:
+        // one task per (row, key head) loads each key and value once for all
+        // of them.
+        out.par_chunks_mut(group * d).enumerate().for_each_init(Vec::new, |scores, (slot, out)| {
+            let (row, kv_head) = (slot / shape.kv_heads, slot % shape.kv_heads);
+            let kv = Cached { keys: all_keys, values: all_values, row_len: kv_row, at: kv_head * d, len: d };
+            let queries = &queries[slot * group * d..(slot + 1) * group * d];
+            attend_group(queries, &kv, offset + row + 1, scale, scores, out);
         });
         out
+    }
+}
+
+/// One key head's columns of the cache.
+struct Cached<'a> {
+    keys: &'a [f32],
+    values: &'a [f32],
+    row_len: usize,
+    at: usize,
+    len: usize,
+}
+
+impl Cached<'_> {
+    fn key(&self, j: usize) -> &[f32] {
+        &self.keys[j * self.row_len + self.at..j * self.row_len + self.at + self.len]
+    }
+
+    fn value(&self, j: usize) -> &[f32] {
+        &self.values[j * self.row_len + self.at..j * self.row_len + self.at + self.len]
+    }
+}
+
+/// Each query head of `queries` (rows of `head_dim`) over the first
+/// `visible` positions of `kv`, into `out`. Per head, every value is the
+/// same sequence of operations as for one head alone: scores in position
+/// order, `expf(s - max)` (eight at a time, bit for bit), their sum in
+/// position order, then `out += (e / total) * value` position by position.
+#[inline(never)] // its own symbol in profiles
+fn attend_group(queries: &[f32], kv: &Cached<'_>, visible: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+    let d = kv.len;
+    let heads = queries.len() / d;
+    scores.clear();
+    scores.resize(heads * visible, 0.0);
+    for j in 0..visible {
+        let key = kv.key(j);
+        for (h, query) in queries.chunks_exact(d).enumerate() {
+            scores[h * visible + j] = dot(query, key) * scale;
+        }
+    }
+    let mut totals = Vec::with_capacity(heads);
+    for head in scores.chunks_exact_mut(visible) {
+        let max = head.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        exp_shifted_in_place(head, max);
+        totals.push(head.iter().fold(0f32, |total, &e| total + e));
+    }
+    for j in 0..visible {
+        let value = kv.value(j);
+        for (h, out) in out.chunks_exact_mut(d).enumerate() {
+            let w = scores[h * visible + j] / totals[h];
+            out.iter_mut().zip(value).for_each(|(o, &v)| *o += w * v);
+        }
+    }
+}
+
+/// `x = expf(x - shift)` for every element.
+fn exp_shifted_in_place(xs: &mut [f32], shift: f32) {
+    for chunk in xs.chunks_mut(8) {
+        let mut lanes = [0f32; 8];
+        lanes.iter_mut().zip(chunk.iter()).for_each(|(lane, &x)| *lane = x - shift);
+        let e = crate::expf::expf8(lanes);
+        chunk.copy_from_slice(&e[..chunk.len()]);
     }
 }
 

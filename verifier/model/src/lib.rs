@@ -14,6 +14,7 @@ mod attention;
 pub mod chat;
 mod config;
 mod error;
+mod expf;
 pub mod full_check;
 pub mod generate;
 mod llama;

@@ -185,20 +185,31 @@ impl Llama {
 /// f32 in [-100, 100] its result differs from glibc's `expf` for 7.6e-5 of
 /// them, `libm::expf`'s for 0.86 % (enough to flip a near-tie in the greedy
 /// reference answer).
+#[inline(never)] // its own symbol in profiles
 fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
-    gate.iter().zip(up).map(|(&g, &u)| g / (1.0 + libm::exp(-f64::from(g)) as f32) * u).collect()
+    const CHUNK: usize = 4096;
+    let mut out = vec![0f32; gate.len()];
+    out.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))).for_each(|(out, (gate, up))| {
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + libm::exp(-f64::from(g)) as f32) * u;
+        }
+    });
+    out
 }
 
-/// Fixed summation order and `libm`'s `expf`/`logf`, so every platform and
+/// Fixed summation order and `libm`'s `expf` (eight lanes at a time, bit for
+/// bit) and `logf`, so every platform and
 /// batch shape gives the same log-probs from the same logits.
+#[inline(never)] // its own symbol in profiles
 fn log_softmax_in_place(row: &mut [f32]) {
     const LANES: usize = 8;
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut lanes = [0f32; LANES];
     for chunk in row.chunks(LANES) {
-        for (lane, &x) in lanes.iter_mut().zip(chunk) {
-            *lane += libm::expf(x - max);
-        }
+        let mut shifted = [0f32; LANES];
+        shifted.iter_mut().zip(chunk).for_each(|(s, &x)| *s = x - max);
+        let e = crate::expf::expf8(shifted);
+        lanes.iter_mut().zip(&e[..chunk.len()]).for_each(|(lane, &e)| *lane += e);
     }
     let total = lanes.iter().sum::<f32>();
     let log_total = max + libm::logf(total);

@@ -213,6 +213,7 @@ fn blocks_from_bytes<T: GgmlType>(bytes: &[u8]) -> Vec<T> {
     blocks
 }
 
+#[inline(never)] // its own symbol in profiles
 fn quantize_rows<T: GgmlType>(rows: &[f32], in_features: usize) -> Vec<T> {
     let blocks = in_features / BLOCK;
     let mut out = vec![T::zeros(); rows.len() / in_features * blocks];
@@ -253,6 +254,7 @@ fn dot_q4_1_group(
 /// `R` activation rows against one group: each weight block's nibbles are
 /// unpacked once for all `R` rows, which is most of what a row would cost.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)] // its own symbol in profiles; a call costs nothing beside it
 fn dot_q4_1_group_avx2<const R: usize>(
     w: &Q4_1Groups,
     group: usize,
