@@ -268,7 +268,6 @@ fn dot_q4_1_group_avx2<const R: usize>(
     // and within the slices' bounds (`dot_q4_1_group` checked `out`).
     unsafe {
         let low_nibbles = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); R];
         let mut nibbles = [_mm256_setzero_si256(); GROUP];
         for b in 0..w.blocks {
@@ -283,21 +282,23 @@ fn dot_q4_1_group_avx2<const R: usize>(
             for (i, acc) in acc.iter_mut().enumerate() {
                 let xb = (first + i) * w.blocks + b;
                 let values = _mm256_loadu_si256(x.blocks[xb].qs.as_ptr().cast());
-                let mut sums = [_mm256_setzero_si256(); GROUP];
-                for (sum, &unpacked) in sums.iter_mut().zip(&nibbles) {
+                let mut pairs = [_mm256_setzero_si256(); GROUP];
+                for (pair, &unpacked) in pairs.iter_mut().zip(&nibbles) {
                     // u8 (0..15) × i8 pairs fit i16 without saturation.
-                    *sum = _mm256_madd_epi16(_mm256_maddubs_epi16(unpacked, values), ones);
+                    *pair = _mm256_maddubs_epi16(unpacked, values);
                 }
-                // Eight horizontal sums at once: lanes end up as rows 0..7.
-                let s01 = _mm256_hadd_epi32(sums[0], sums[1]);
-                let s23 = _mm256_hadd_epi32(sums[2], sums[3]);
-                let s45 = _mm256_hadd_epi32(sums[4], sums[5]);
-                let s67 = _mm256_hadd_epi32(sums[6], sums[7]);
-                let s0123 = _mm256_hadd_epi32(s01, s23);
-                let s4567 = _mm256_hadd_epi32(s45, s67);
-                let lo = _mm_add_epi32(_mm256_castsi256_si128(s0123), _mm256_extracti128_si256::<1>(s0123));
-                let hi = _mm_add_epi32(_mm256_castsi256_si128(s4567), _mm256_extracti128_si256::<1>(s4567));
-                let sumi = _mm256_cvtepi32_ps(_mm256_set_m128i(hi, lo));
+                // Sums of 4, 8, then 16 products stay within i16 (|16 × 15
+                // × 128| < 2^15), so three rounds of 16-bit horizontal adds
+                // leave, per 128-bit half, rows 0..7 in order: the low half
+                // holds elements 0..15, the high half 16..31.
+                let p01 = _mm256_hadd_epi16(pairs[0], pairs[1]);
+                let p23 = _mm256_hadd_epi16(pairs[2], pairs[3]);
+                let p45 = _mm256_hadd_epi16(pairs[4], pairs[5]);
+                let p67 = _mm256_hadd_epi16(pairs[6], pairs[7]);
+                let halves = _mm256_hadd_epi16(_mm256_hadd_epi16(p01, p23), _mm256_hadd_epi16(p45, p67));
+                let lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(halves));
+                let hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(halves));
+                let sumi = _mm256_cvtepi32_ps(_mm256_add_epi32(lo, hi));
                 // Separate multiplies and adds, no FMA: the same roundings as
                 // candle's scalar expression.
                 let scaled = _mm256_mul_ps(_mm256_mul_ps(sumi, dx), _mm256_set1_ps(x.d[xb]));
