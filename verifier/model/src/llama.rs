@@ -14,18 +14,17 @@ use poi_chain_spec::NumericsProfile;
 use rayon::prelude::*;
 
 use crate::attention::{LayerCache, Rotary, Shape};
-use crate::numerics::Linear;
+use crate::numerics::{Fused, Linear};
 use crate::{LlamaConfig, ModelError, Numerics};
 
 struct Layer {
     attn_norm: Tensor,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
+    /// [Wq; Wk; Wv]
+    qkv: Fused,
     wo: Linear,
     ffn_norm: Tensor,
-    gate: Linear,
-    up: Linear,
+    /// [Wgate; Wup]
+    gate_up: Fused,
     down: Linear,
 }
 
@@ -77,16 +76,12 @@ impl Llama {
         check_shape(&embeddings, &[config.vocab_size, config.hidden_size], "token_embd.weight")?;
         let mut layers = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
-            let mut linear =
-                |part: &str| numerics.linear(numerics.convert(tensor(&format!("blk.{i}.{part}.weight"))?)?);
+            let mut weights = |part: &str| numerics.convert(tensor(&format!("blk.{i}.{part}.weight"))?);
             layers.push(Layer {
-                wq: linear("attn_q")?,
-                wk: linear("attn_k")?,
-                wv: linear("attn_v")?,
-                wo: linear("attn_output")?,
-                gate: linear("ffn_gate")?,
-                up: linear("ffn_up")?,
-                down: linear("ffn_down")?,
+                qkv: numerics.fused(vec![weights("attn_q")?, weights("attn_k")?, weights("attn_v")?])?,
+                wo: numerics.linear(weights("attn_output")?)?,
+                gate_up: numerics.fused(vec![weights("ffn_gate")?, weights("ffn_up")?])?,
+                down: numerics.linear(weights("ffn_down")?)?,
                 attn_norm: norm(tensor(&format!("blk.{i}.attn_norm.weight"))?)?,
                 ffn_norm: norm(tensor(&format!("blk.{i}.ffn_norm.weight"))?)?,
             });
@@ -151,9 +146,9 @@ impl Llama {
         let attended = self.attention(layer, &h, offset, cache)?;
         let x = (x + attended)?;
         let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-        let gate = layer.gate.forward(&h)?;
-        let gated = swiglu(&gate.flatten_all()?.to_vec1::<f32>()?, &layer.up.forward(&h)?.flatten_all()?.to_vec1()?);
-        let gated = Tensor::from_vec(gated, gate.dims(), gate.device())?;
+        let [gate, up]: [Vec<f32>; 2] = parts(layer.gate_up.forward(&h)?)?;
+        let gated = swiglu(&gate, &up);
+        let gated = Tensor::from_vec(gated, (h.dim(0)?, self.config.feed_forward), h.device())?;
         Ok((x + layer.down.forward(&gated)?)?)
     }
 
@@ -166,10 +161,7 @@ impl Llama {
     ) -> Result<Tensor, ModelError> {
         let c = &self.config;
         let shape = Shape { heads: c.n_heads, kv_heads: c.n_kv_heads, head_dim: c.head_dim() };
-        let rows = |t: Tensor| -> candle_core::Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
-        let mut q = rows(layer.wq.forward(h)?)?;
-        let mut k = rows(layer.wk.forward(h)?)?;
-        let v = rows(layer.wv.forward(h)?)?;
+        let [mut q, mut k, v]: [Vec<f32>; 3] = parts(layer.qkv.forward(h)?)?;
         self.rotary.apply(&mut q, c.hidden_size, offset);
         self.rotary.apply(&mut k, c.n_kv_heads * c.head_dim(), offset);
         let out = cache.attend(&shape, &q, &k, &v);
@@ -214,6 +206,10 @@ fn log_softmax_in_place(row: &mut [f32]) {
     let total = lanes.iter().sum::<f32>();
     let log_total = max + libm::logf(total);
     row.iter_mut().for_each(|x| *x -= log_total);
+}
+
+fn parts<const N: usize>(parts: Vec<Vec<f32>>) -> Result<[Vec<f32>; N], ModelError> {
+    parts.try_into().map_err(|_| ModelError::Metadata(format!("a fused projection without {N} parts")))
 }
 
 fn check_shape(t: &Tensor, expected: &[usize], name: &str) -> Result<(), ModelError> {

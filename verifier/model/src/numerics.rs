@@ -33,6 +33,41 @@ impl Linear {
     }
 }
 
+/// Matmuls of one input, computed together where the kernel allows.
+pub enum Fused {
+    /// One stacked matrix; the output widths of its parts, in order.
+    Stacked {
+        matmul: TiledQMatMul,
+        widths: Vec<usize>,
+    },
+    Separate(Vec<Linear>),
+}
+
+impl Fused {
+    /// Each part's (rows, out) result, row-major, in order.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {
+        match self {
+            Self::Stacked { matmul, widths } => {
+                let all = matmul.forward(&x.flatten_all()?.to_vec1::<f32>()?);
+                let total = matmul.out_features();
+                let mut parts: Vec<Vec<f32>> =
+                    widths.iter().map(|w| Vec::with_capacity(all.len() / total * w)).collect();
+                for row in all.chunks_exact(total) {
+                    let mut at = 0;
+                    for (part, &width) in parts.iter_mut().zip(widths) {
+                        part.extend_from_slice(&row[at..at + width]);
+                        at += width;
+                    }
+                }
+                Ok(parts)
+            }
+            Self::Separate(linears) => {
+                linears.iter().map(|linear| linear.forward(x)?.flatten_all()?.to_vec1::<f32>()).collect()
+            }
+        }
+    }
+}
+
 /// The version of the numbers this build computes (`NumericsProfile::version`).
 /// 2: our own q8_0 kernel for the tied output head and SwiGLU with `libm`'s
 /// `expf` (1: candle's q8_0 `vec_dot` and candle's silu with std `expf`).
@@ -132,6 +167,17 @@ impl Numerics {
             }
             _ => QMatMul::QTensor(Arc::new(weights)),
         }))
+    }
+
+    /// Matmuls of one input for converted weights of shapes (out_i, in).
+    pub fn fused(&self, parts: Vec<QTensor>) -> Result<Fused, ModelError> {
+        if self.profile.matmul == MatmulKernel::CandleQuantized && self.device.is_cpu() {
+            if let Some(matmul) = TiledQMatMul::stacked(&parts)? {
+                let widths = parts.iter().map(|p| p.shape().dims()[0]).collect();
+                return Ok(Fused::Stacked { matmul, widths });
+            }
+        }
+        Ok(Fused::Separate(parts.into_iter().map(|p| self.linear(p)).collect::<Result<_, _>>()?))
     }
 
     /// Dense f32 values of converted weights (the embedding table).

@@ -76,12 +76,30 @@ impl TiledQMatMul {
     /// `None` for formats this kernel does not cover (candle's `QMatMul`
     /// serves those).
     pub fn new(tensor: &QTensor) -> candle_core::Result<Option<Self>> {
-        let (out_features, in_features) = tensor.shape().dims2()?;
+        Self::stacked(std::slice::from_ref(tensor))
+    }
+
+    /// The weights of `tensors` (same format, same input width) stacked
+    /// into one matrix, their output columns side by side in order: the
+    /// input is quantized once and one parallel pass computes them all.
+    /// Every column is computed as it would be alone.
+    pub fn stacked(tensors: &[QTensor]) -> candle_core::Result<Option<Self>> {
+        let Some(first) = tensors.first() else { return Ok(None) };
+        let (dtype, (_, in_features)) = (first.dtype(), first.shape().dims2()?);
+        let mut out_features = 0;
+        let mut bytes = Vec::new();
+        for tensor in tensors {
+            let (out, inp) = tensor.shape().dims2()?;
+            if tensor.dtype() != dtype || inp != in_features {
+                return Ok(None);
+            }
+            out_features += out;
+            bytes.extend_from_slice(&tensor.data()?);
+        }
         if in_features % BLOCK != 0 {
             return Ok(None);
         }
-        let bytes = tensor.data()?;
-        let weights = match tensor.dtype() {
+        let weights = match dtype {
             GgmlDType::Q4_1 => Weights::Q4_1(group_q4_1(&bytes, out_features, in_features / BLOCK)),
             GgmlDType::Q8_0 => Weights::Q8_0(as_q8_0(blocks_from_bytes::<BlockQ8_0>(&bytes))),
             _ => return Ok(None),
