@@ -135,7 +135,7 @@ impl Llama {
         }
         let x = x.narrow(0, first_output, n - first_output)?;
         let x = candle_nn::ops::rms_norm(&x, &self.output_norm, self.config.rms_eps)?;
-        let mut rows = self.output.forward(&x)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut rows = self.output.forward_rows(&x)?;
         rows.par_chunks_mut(self.config.vocab_size).for_each(log_softmax_in_place);
         Ok(rows)
     }

@@ -20,6 +20,15 @@ pub enum Linear {
 }
 
 impl Linear {
+    /// `x` is (rows, in); the result is (rows, out), row-major, without a
+    /// tensor in between for the tiled kernel.
+    pub fn forward_rows(&self, x: &Tensor) -> candle_core::Result<Vec<f32>> {
+        match self {
+            Self::Tiled(tiled) => Ok(tiled.forward(&x.flatten_all()?.to_vec1::<f32>()?)),
+            Self::Candle(matmul) => candle_core::Module::forward(matmul, x)?.flatten_all()?.to_vec1::<f32>(),
+        }
+    }
+
     /// `x` is (rows, in); the result is (rows, out).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
@@ -61,9 +70,7 @@ impl Fused {
                 }
                 Ok(parts)
             }
-            Self::Separate(linears) => {
-                linears.iter().map(|linear| linear.forward(x)?.flatten_all()?.to_vec1::<f32>()).collect()
-            }
+            Self::Separate(linears) => linears.iter().map(|linear| linear.forward_rows(x)).collect(),
         }
     }
 }

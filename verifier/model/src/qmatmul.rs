@@ -142,9 +142,10 @@ impl TiledQMatMul {
     /// Runs `unit(u, first, rows, out, stride)` for every unit of `width`
     /// output columns and every run of up to `ROWS` activation rows from
     /// `first`; the unit writes row `first + i`'s columns at `out[i * stride..]`.
-    /// Units are spread over threads a tile at a time. Each output value is
-    /// computed by the same operations whatever the split, so neither the
-    /// thread count nor the number of rows changes a bit.
+    /// Units are spread over threads a tile at a time, each tile writing its
+    /// own columns of the result. Each output value is computed by the same
+    /// operations whatever the split, so neither the thread count nor the
+    /// number of rows changes a bit.
     fn tiled(
         &self,
         m: usize,
@@ -154,30 +155,48 @@ impl TiledQMatMul {
     ) -> Vec<f32> {
         let n = self.out_features;
         let per_tile = (TILE / width).max(1);
-        let tiles: Vec<(usize, Vec<f32>)> = (0..units.div_ceil(per_tile))
-            .into_par_iter()
-            .map(|tile| {
-                let units_here = tile * per_tile..((tile + 1) * per_tile).min(units);
-                let cols = units_here.len() * width;
-                let mut out = vec![0f32; m * cols];
-                for first in (0..m).step_by(ROWS) {
-                    let rows = ROWS.min(m - first);
-                    for (i, u) in units_here.clone().enumerate() {
-                        unit(u, first, rows, &mut out[first * cols + i * width..], cols);
-                    }
-                }
-                (units_here.start * width, out)
-            })
-            .collect();
         let mut dst = vec![0f32; m * n];
-        for (start, block) in tiles {
-            let cols = block.len() / m.max(1);
+        let shared = SharedRows { ptr: dst.as_mut_ptr(), len: dst.len() };
+        (0..units.div_ceil(per_tile)).into_par_iter().for_each_init(Vec::new, |scratch, tile| {
+            let units_here = tile * per_tile..((tile + 1) * per_tile).min(units);
+            let cols = units_here.len() * width;
+            let start = units_here.start * width;
             let keep = cols.min(n - start);
-            for (r, values) in block.chunks_exact(cols.max(1)).enumerate() {
-                dst[r * n + start..r * n + start + keep].copy_from_slice(&values[..keep]);
+            scratch.clear();
+            scratch.resize(ROWS * cols, 0.0);
+            for first in (0..m).step_by(ROWS) {
+                let rows = ROWS.min(m - first);
+                for (i, u) in units_here.clone().enumerate() {
+                    unit(u, first, rows, &mut scratch[i * width..], cols);
+                }
+                for (r, values) in scratch.chunks_exact(cols).take(rows).enumerate() {
+                    // SAFETY: tiles cover disjoint column ranges, so no two
+                    // tasks write the same element, and `dst` outlives them.
+                    unsafe { shared.write((first + r) * n + start, &values[..keep]) };
+                }
             }
-        }
+        });
         dst
+    }
+}
+
+/// The result matrix, written by many tiles at once at disjoint places.
+struct SharedRows {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: only `write` touches the memory, and its callers write disjoint
+// ranges (see `tiled`).
+unsafe impl Sync for SharedRows {}
+
+impl SharedRows {
+    /// # Safety
+    /// No other thread may access `at..at + values.len()` meanwhile.
+    unsafe fn write(&self, at: usize, values: &[f32]) {
+        assert!(at + values.len() <= self.len, "write past the result");
+        // SAFETY: in bounds (checked), exclusive by the caller's contract.
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(at), values.len()) };
     }
 }
 
@@ -232,12 +251,10 @@ fn blocks_from_bytes<T: GgmlType>(bytes: &[u8]) -> Vec<T> {
 }
 
 #[inline(never)] // its own symbol in profiles
-fn quantize_rows<T: GgmlType>(rows: &[f32], in_features: usize) -> Vec<T> {
+fn quantize_rows<T: GgmlType + Send>(rows: &[f32], in_features: usize) -> Vec<T> {
     let blocks = in_features / BLOCK;
     let mut out = vec![T::zeros(); rows.len() / in_features * blocks];
-    for (row, q) in rows.chunks_exact(in_features).zip(out.chunks_exact_mut(blocks)) {
-        T::from_float(row, q);
-    }
+    rows.par_chunks_exact(in_features).zip(out.par_chunks_exact_mut(blocks)).for_each(|(row, q)| T::from_float(row, q));
     out
 }
 
