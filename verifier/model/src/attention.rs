@@ -132,7 +132,16 @@ fn attend_group(queries: &[f32], kv: &Cached<'_>, visible: usize, scale: f32, sc
     let heads = queries.len() / d;
     scores.clear();
     scores.resize(heads * visible, 0.0);
-    for j in 0..visible {
+    let whole = visible - visible % 4;
+    for j in (0..whole).step_by(4) {
+        let keys = [kv.key(j), kv.key(j + 1), kv.key(j + 2), kv.key(j + 3)];
+        for (h, query) in queries.chunks_exact(d).enumerate() {
+            for (i, s) in dot4(query, keys).into_iter().enumerate() {
+                scores[h * visible + j + i] = s * scale;
+            }
+        }
+    }
+    for j in whole..visible {
         let key = kv.key(j);
         for (h, query) in queries.chunks_exact(d).enumerate() {
             scores[h * visible + j] = dot(query, key) * scale;
@@ -160,6 +169,42 @@ fn exp_shifted_in_place(xs: &mut [f32], shift: f32) {
         lanes.iter_mut().zip(chunk.iter()).for_each(|(lane, &x)| *lane = x - shift);
         let e = crate::expf::expf8(lanes);
         chunk.copy_from_slice(&e[..chunk.len()]);
+    }
+}
+
+/// `dot` of `a` with four rows at once, bit for bit.
+fn dot4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if a.len() % LANES == 0 && b.iter().all(|b| b.len() == a.len()) {
+        return dot4_avx2(a, b);
+    }
+    b.map(|b| dot(a, b))
+}
+
+/// The lanes of `dot` as one vector per row (multiply, then add: no FMA),
+/// and its pairwise sum ((0+1)+(2+3))+((4+5)+(6+7)) by horizontal adds,
+/// which add exactly those pairs.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+fn dot4_avx2(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    // SAFETY: AVX2 is enabled for the whole build; every row is as long as
+    // `a`, a whole number of 8-float chunks (checked by `dot4`), and loads
+    // are unaligned.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for at in (0..a.len()).step_by(LANES) {
+            let x = _mm256_loadu_ps(a.as_ptr().add(at));
+            for (acc, b) in acc.iter_mut().zip(b) {
+                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(x, _mm256_loadu_ps(b.as_ptr().add(at))));
+            }
+        }
+        // Per row r: lanes [r01, r23 | r45, r67] after one round, then
+        // [r0123 | r4567] after the second.
+        let quads = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+        let sums = _mm_add_ps(_mm256_castps256_ps128(quads), _mm256_extractf128_ps::<1>(quads));
+        let mut out = [0f32; 4];
+        _mm_storeu_ps(out.as_mut_ptr(), sums);
+        out
     }
 }
 
@@ -207,6 +252,18 @@ mod tests {
         }
         assert_eq!(batch, stepwise);
         assert_eq!(cache.len(&shape), n);
+    }
+
+    #[test]
+    fn four_at_once_is_one_at_a_time() {
+        for (len, seed) in [(64, 1), (8, 2), (16, 3), (12, 4), (3, 5)] {
+            let a = pseudo(len, seed);
+            let rows: Vec<Vec<f32>> = (0..4).map(|i| pseudo(len, seed * 10 + i)).collect();
+            let four = dot4(&a, [&rows[0], &rows[1], &rows[2], &rows[3]]);
+            for (row, got) in rows.iter().zip(four) {
+                assert_eq!(got.to_bits(), dot(&a, row).to_bits(), "length {len}");
+            }
+        }
     }
 
     #[test]
