@@ -147,17 +147,48 @@ fn attend_group(queries: &[f32], kv: &Cached<'_>, visible: usize, scale: f32, sc
             scores[h * visible + j] = dot(query, key) * scale;
         }
     }
-    let mut totals = Vec::with_capacity(heads);
     for head in scores.chunks_exact_mut(visible) {
         let max = head.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         exp_shifted_in_place(head, max);
-        totals.push(head.iter().fold(0f32, |total, &e| total + e));
+        let total = head.iter().fold(0f32, |total, &e| total + e);
+        head.iter_mut().for_each(|e| *e /= total);
     }
-    for j in 0..visible {
-        let value = kv.value(j);
-        for (h, out) in out.chunks_exact_mut(d).enumerate() {
-            let w = scores[h * visible + j] / totals[h];
-            out.iter_mut().zip(value).for_each(|(o, &v)| *o += w * v);
+    for (weights, out) in scores.chunks_exact(visible).zip(out.chunks_exact_mut(d)) {
+        weighted_values(weights, kv, out);
+    }
+}
+
+/// `out += w_j * value_j` for j in order, elementwise. The AVX2 version
+/// keeps 32 outputs in registers over all positions instead of loading and
+/// storing them at each one; the operations per element are the same.
+fn weighted_values(weights: &[f32], kv: &Cached<'_>, out: &mut [f32]) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if out.len() % 32 == 0 && out.len() == kv.len {
+        return weighted_values_avx2(weights, kv, out);
+    }
+    for (j, &w) in weights.iter().enumerate() {
+        out.iter_mut().zip(kv.value(j)).for_each(|(o, &v)| *o += w * v);
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+fn weighted_values_avx2(weights: &[f32], kv: &Cached<'_>, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    // SAFETY: AVX2 is enabled for the whole build; every value row is
+    // `out.len()` long (checked by the caller), a multiple of 32, and all
+    // loads and stores are unaligned and within those rows.
+    unsafe {
+        for at in (0..out.len()).step_by(32) {
+            let mut acc = [0usize; 4].map(|i| _mm256_loadu_ps(out.as_ptr().add(at + 8 * i)));
+            for (j, &w) in weights.iter().enumerate() {
+                let (w, value) = (_mm256_set1_ps(w), kv.value(j).as_ptr().add(at));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_add_ps(*acc, _mm256_mul_ps(w, _mm256_loadu_ps(value.add(8 * i))));
+                }
+            }
+            for (i, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(at + 8 * i), *acc);
+            }
         }
     }
 }
