@@ -88,19 +88,37 @@ impl LayerCache {
         let group = shape.heads / shape.kv_heads;
         let scale = 1.0 / (d as f32).sqrt();
         let (all_keys, all_values) = (&self.keys, &self.values);
-        let mut out = vec![0f32; n * q_row];
-        // The query heads that share a key head sit side by side in a row:
-        // one task per (row, key head) loads each key and value once for all
-        // of them.
-        out.par_chunks_mut(group * d).enumerate().for_each_init(Vec::new, |scores, (slot, out)| {
-            let (row, kv_head) = (slot / shape.kv_heads, slot % shape.kv_heads);
+        let gd = group * d;
+        // Computed key head by key head ([kv head][row][its query heads]):
+        // one task takes a block of rows for one key head, so each key and
+        // value it loads serves all of the block's query heads.
+        let mut by_kv = vec![0f32; n * q_row];
+        by_kv.par_chunks_mut(n * gd).enumerate().for_each(|(kv_head, section)| {
             let kv = Cached { keys: all_keys, values: all_values, row_len: kv_row, at: kv_head * d, len: d };
-            let queries = &queries[slot * group * d..(slot + 1) * group * d];
-            attend_group(queries, &kv, offset + row + 1, scale, scores, out);
+            section.par_chunks_mut(BLOCK_ROWS * gd).enumerate().for_each_init(Vec::new, |scores, (block, out)| {
+                let first = block * BLOCK_ROWS;
+                let rows = first..first + out.len() / gd;
+                let queries: Vec<(&[f32], usize)> = rows
+                    .flat_map(|row| {
+                        let at = row * q_row + kv_head * gd;
+                        queries[at..at + gd].chunks_exact(d).map(move |q| (q, offset + row + 1))
+                    })
+                    .collect();
+                attend_block(&queries, &kv, scale, scores, out);
+            });
         });
+        let mut out = vec![0f32; n * q_row];
+        for (kv_head, section) in by_kv.chunks_exact(n * gd).enumerate() {
+            for (row, values) in section.chunks_exact(gd).enumerate() {
+                out[row * q_row + kv_head * gd..row * q_row + (kv_head + 1) * gd].copy_from_slice(values);
+            }
+        }
         out
     }
 }
+
+/// Rows of one attention task.
+const BLOCK_ROWS: usize = 8;
 
 /// One key head's columns of the cache.
 struct Cached<'a> {
@@ -121,49 +139,56 @@ impl Cached<'_> {
     }
 }
 
-/// Each query head of `queries` (rows of `head_dim`) over the first
-/// `visible` positions of `kv`, into `out`. Per head, every value is the
-/// same sequence of operations as for one head alone: scores in position
-/// order, `expf(s - max)` (eight at a time, bit for bit), their sum in
-/// position order, then `out += (e / total) * value` position by position.
+/// Each query of `queries` (a head_dim row and how many positions it sees)
+/// over `kv`, into its `head_dim` slice of `out`, in order. Per query, every
+/// value is the same sequence of operations as for one query alone: scores
+/// in position order, `expf(s - max)` (eight at a time, bit for bit), their
+/// sum in position order, then `out += (e / total) * value` position by
+/// position.
 #[inline(never)] // its own symbol in profiles
-fn attend_group(queries: &[f32], kv: &Cached<'_>, visible: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
+fn attend_block(queries: &[(&[f32], usize)], kv: &Cached<'_>, scale: f32, scores: &mut Vec<f32>, out: &mut [f32]) {
     let d = kv.len;
-    let heads = queries.len() / d;
+    let starts: Vec<usize> =
+        queries.iter().scan(0, |at, &(_, visible)| Some(std::mem::replace(at, *at + visible))).collect();
     scores.clear();
-    scores.resize(heads * visible, 0.0);
-    let whole = visible - visible % 4;
+    scores.resize(queries.iter().map(|&(_, visible)| visible).sum(), 0.0);
+    // Positions every query sees, four keys at a time for all of them.
+    let common = queries.iter().map(|&(_, visible)| visible).min().unwrap_or(0);
+    let whole = common - common % 4;
     for j in (0..whole).step_by(4) {
         let keys = [kv.key(j), kv.key(j + 1), kv.key(j + 2), kv.key(j + 3)];
-        for (h, query) in queries.chunks_exact(d).enumerate() {
+        for (&(query, _), &start) in queries.iter().zip(&starts) {
             for (i, s) in dot4(query, keys).into_iter().enumerate() {
-                scores[h * visible + j + i] = s * scale;
+                scores[start + j + i] = s * scale;
             }
         }
     }
-    for j in whole..visible {
-        let key = kv.key(j);
-        for (h, query) in queries.chunks_exact(d).enumerate() {
-            scores[h * visible + j] = dot(query, key) * scale;
+    for (&(query, visible), &start) in queries.iter().zip(&starts) {
+        for j in whole..visible {
+            scores[start + j] = dot(query, kv.key(j)) * scale;
         }
     }
-    for head in scores.chunks_exact_mut(visible) {
-        let max = head.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        exp_shifted_in_place(head, max);
-        let total = head.iter().fold(0f32, |total, &e| total + e);
-        head.iter_mut().for_each(|e| *e /= total);
-    }
-    for (weights, out) in scores.chunks_exact(visible).zip(out.chunks_exact_mut(d)) {
+    for ((&(_, visible), &start), out) in queries.iter().zip(&starts).zip(out.chunks_exact_mut(d)) {
+        let weights = &mut scores[start..start + visible];
+        let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        exp_shifted_in_place(weights, max);
+        let total = weights.iter().fold(0f32, |total, &e| total + e);
+        weights.iter_mut().for_each(|e| *e /= total);
         weighted_values(weights, kv, out);
     }
 }
 
+/// Outputs one AVX2 pass keeps in registers: eight independent sums, enough
+/// that the adds' latency does not bound it.
+const VALUE_CHUNK: usize = 64;
+
 /// `out += w_j * value_j` for j in order, elementwise. The AVX2 version
-/// keeps 32 outputs in registers over all positions instead of loading and
-/// storing them at each one; the operations per element are the same.
+/// keeps `VALUE_CHUNK` outputs in registers over all positions instead of
+/// loading and storing them at each one; the operations per element are the
+/// same.
 fn weighted_values(weights: &[f32], kv: &Cached<'_>, out: &mut [f32]) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    if out.len() % 32 == 0 && out.len() == kv.len {
+    if out.len() % VALUE_CHUNK == 0 && out.len() == kv.len {
         return weighted_values_avx2(weights, kv, out);
     }
     for (j, &w) in weights.iter().enumerate() {
@@ -175,11 +200,11 @@ fn weighted_values(weights: &[f32], kv: &Cached<'_>, out: &mut [f32]) {
 fn weighted_values_avx2(weights: &[f32], kv: &Cached<'_>, out: &mut [f32]) {
     use std::arch::x86_64::*;
     // SAFETY: AVX2 is enabled for the whole build; every value row is
-    // `out.len()` long (checked by the caller), a multiple of 32, and all
+    // `out.len()` long (checked by the caller), a multiple of `VALUE_CHUNK`, and all
     // loads and stores are unaligned and within those rows.
     unsafe {
-        for at in (0..out.len()).step_by(32) {
-            let mut acc = [0usize; 4].map(|i| _mm256_loadu_ps(out.as_ptr().add(at + 8 * i)));
+        for at in (0..out.len()).step_by(VALUE_CHUNK) {
+            let mut acc = [0usize; VALUE_CHUNK / 8].map(|i| _mm256_loadu_ps(out.as_ptr().add(at + 8 * i)));
             for (j, &w) in weights.iter().enumerate() {
                 let (w, value) = (_mm256_set1_ps(w), kv.value(j).as_ptr().add(at));
                 for (i, acc) in acc.iter_mut().enumerate() {
