@@ -91,17 +91,22 @@ impl LayerCache {
         let gd = group * d;
         // Computed key head by key head ([kv head][row][its query heads]):
         // one task takes a block of rows for one key head, so each key and
-        // value it loads serves all of the block's query heads.
+        // value it loads serves all of the block's query heads. A step of a
+        // few rows (decoding) has too few such tasks to keep every thread
+        // busy, so there each query head is a task of its own.
+        let threads = rayon::current_num_threads();
+        let per_task = if threads > 1 && n * shape.kv_heads < 4 * threads { 1 } else { BLOCK_ROWS * group };
         let mut by_kv = vec![0f32; n * q_row];
         by_kv.par_chunks_mut(n * gd).enumerate().for_each(|(kv_head, section)| {
             let kv = Cached { keys: all_keys, values: all_values, row_len: kv_row, at: kv_head * d, len: d };
-            section.par_chunks_mut(BLOCK_ROWS * gd).enumerate().for_each_init(Vec::new, |scores, (block, out)| {
-                let first = block * BLOCK_ROWS;
-                let rows = first..first + out.len() / gd;
-                let queries: Vec<(&[f32], usize)> = rows
-                    .flat_map(|row| {
-                        let at = row * q_row + kv_head * gd;
-                        queries[at..at + gd].chunks_exact(d).map(move |q| (q, offset + row + 1))
+            section.par_chunks_mut(per_task * d).enumerate().for_each_init(Vec::new, |scores, (task, out)| {
+                // Query index q = row * group + head within this key head.
+                let first = task * per_task;
+                let queries: Vec<(&[f32], usize)> = (first..first + out.len() / d)
+                    .map(|q| {
+                        let (row, head) = (q / group, q % group);
+                        let at = row * q_row + kv_head * gd + head * d;
+                        (&queries[at..at + d], offset + row + 1)
                     })
                     .collect();
                 attend_block(&queries, &kv, scale, scores, out);
@@ -117,7 +122,7 @@ impl LayerCache {
     }
 }
 
-/// Rows of one attention task.
+/// Rows of one attention task (all query heads of one key head).
 const BLOCK_ROWS: usize = 8;
 
 /// One key head's columns of the cache.
