@@ -193,7 +193,7 @@ const VALUE_CHUNK: usize = 64;
 /// same.
 fn weighted_values(weights: &[f32], kv: &Cached<'_>, out: &mut [f32]) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    if out.len() % VALUE_CHUNK == 0 && out.len() == kv.len {
+    if out.len().is_multiple_of(VALUE_CHUNK) && out.len() == kv.len {
         return weighted_values_avx2(weights, kv, out);
     }
     for (j, &w) in weights.iter().enumerate() {
@@ -236,7 +236,7 @@ fn exp_shifted_in_place(xs: &mut [f32], shift: f32) {
 /// `dot` of `a` with four rows at once, bit for bit.
 fn dot4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    if a.len() % LANES == 0 && b.iter().all(|b| b.len() == a.len()) {
+    if a.len().is_multiple_of(LANES) && b.iter().all(|b| b.len() == a.len()) {
         return dot4_avx2(a, b);
     }
     b.map(|b| dot(a, b))

@@ -190,8 +190,8 @@ fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
 }
 
 /// Fixed summation order and `libm`'s `expf` (eight lanes at a time, bit for
-/// bit) and `logf`, so every platform and
-/// batch shape gives the same log-probs from the same logits.
+/// bit) and `logf`, so every platform and batch shape gives the same
+/// log-probs from the same logits.
 #[inline(never)] // its own symbol in profiles
 fn log_softmax_in_place(row: &mut [f32]) {
     const LANES: usize = 8;

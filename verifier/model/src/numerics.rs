@@ -33,9 +33,7 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Self::Tiled(tiled) => {
-                let rows = x.dim(0)?;
-                let out = tiled.forward(&x.flatten_all()?.to_vec1::<f32>()?);
-                Tensor::from_vec(out, (rows, tiled.out_features()), x.device())
+                Tensor::from_vec(self.forward_rows(x)?, (x.dim(0)?, tiled.out_features()), x.device())
             }
             Self::Candle(matmul) => candle_core::Module::forward(matmul, x),
         }

@@ -272,7 +272,7 @@ fn dot_q4_1_group(
     out: &mut [f32],
     stride: usize,
 ) {
-    assert!(rows >= 1 && rows <= ROWS && out.len() >= (rows - 1) * stride + GROUP, "output too small");
+    assert!((1..=ROWS).contains(&rows) && out.len() >= (rows - 1) * stride + GROUP, "output too small");
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     match rows {
         1 => dot_q4_1_group_avx2::<1>(w, group, x, first, out, stride),
