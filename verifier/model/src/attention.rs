@@ -82,6 +82,9 @@ impl LayerCache {
         let (d, q_row) = (shape.head_dim, shape.heads * shape.head_dim);
         let kv_row = shape.kv_heads * d;
         let n = queries.len() / q_row;
+        if n == 0 {
+            return Vec::new();
+        }
         let offset = self.len(shape);
         self.keys.extend_from_slice(keys);
         self.values.extend_from_slice(values);
@@ -325,6 +328,14 @@ mod tests {
                 assert_eq!(got.to_bits(), dot(&a, row).to_bits(), "length {len}");
             }
         }
+    }
+
+    #[test]
+    fn no_queries_attend_to_nothing() {
+        let shape = Shape { heads: 2, kv_heads: 1, head_dim: 8 };
+        let mut cache = LayerCache::default();
+        assert!(cache.attend(&shape, &[], &[], &[]).is_empty());
+        assert_eq!(cache.len(&shape), 0);
     }
 
     #[test]
