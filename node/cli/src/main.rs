@@ -34,6 +34,10 @@ enum Command {
     /// Generate with the pinned model and sampler v1, then write a signed
     /// inference artifact.
     Mine(cmd::mine::Args),
+    /// Serve OpenAI-compatible completions (chat, text, streaming, logprobs)
+    /// from the pinned model: every answer is a signed artifact, submitted to
+    /// the given nodes, its id in `poi_artifact_id`.
+    Serve(cmd::serve::Args),
     /// Compare two OpenAI-compatible responses with logprobs (e.g. two vLLM
     /// servers given the same prompt and tokens): distance2 and match ratio.
     Compare(cmd::compare::Args),
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => cmd::verify::run(args),
         Command::Compare(args) => cmd::compare::run(args),
         Command::Mine(args) => cmd::mine::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
         Command::Keys(command) => cmd::keys::run(command),
         Command::Convert(args) => cmd::convert::run(args),
     })

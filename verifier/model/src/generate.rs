@@ -117,53 +117,119 @@ pub fn generate_from(
     params: &SamplingParams,
     k: u16,
     stop: &StopRules<'_>,
-    mut draws: Draws<'_>,
+    draws: Draws<'_>,
     mut on_token: impl FnMut(u32),
 ) -> Result<Generated, ModelError> {
-    if prompt.is_empty() {
-        return Err(ModelError::Metadata("an empty prompt has nothing to condition on".into()));
-    }
-    let eos = config.eos_token_id;
-    let room = config.context_length.saturating_sub(prompt.len());
-    if room == 0 {
-        return Err(ModelError::TooLong { what: "prompt", found: prompt.len(), limit: config.context_length - 1 });
-    }
-    let max_tokens = stop.max_tokens.min(room);
-    let mut history = History::new(prompt);
-    let mut selector = PenalisedTopK::new(config.vocab_size, usize::from(k), prompt);
-    let mut sampler = Sampler::new();
-    let mut out = Generated { positions: Vec::new(), tokens: Vec::new(), finish_reason: FinishReason::MaxTokens };
+    let mut sequence = Sequence::new(config, prompt, *params, k, stop, draws)?;
     let mut logprobs = source.start(prompt)?;
-    for position in 0..max_tokens {
-        let top = selector.select(&logprobs, &history, params);
-        let logged = logged_candidates(&top, &history, params);
-        let kept =
-            sampler.distribution(logged.iter().map(|c| (c.token, f64::from(c.logprob.to_f32()))), &history, params);
-        let draw = match &mut draws {
+    while !sequence.is_done() {
+        let token = sequence.pick(&logprobs)?;
+        on_token(token);
+        if !sequence.is_done() {
+            logprobs = source.advance(token)?;
+        }
+    }
+    Ok(sequence.finish())
+}
+
+/// One generation's sampling state: given each next-token log-softmax row in
+/// turn, it logs the candidates, picks with sampler v1 and applies the stop
+/// rules. The model side (one sequence with its cache, or a batch of them)
+/// is the caller's.
+pub struct Sequence<'a> {
+    history: History,
+    selector: PenalisedTopK,
+    sampler: Sampler,
+    draws: Draws<'a>,
+    params: SamplingParams,
+    max_tokens: usize,
+    stop_tokens: Vec<u32>,
+    eos: u32,
+    out: Generated,
+    done: bool,
+}
+
+impl<'a> Sequence<'a> {
+    /// `max_tokens` is capped so that prompt and generation fit the model's
+    /// context, as the replay check requires.
+    pub fn new(
+        config: &crate::LlamaConfig,
+        prompt: &[u32],
+        params: SamplingParams,
+        k: u16,
+        stop: &StopRules<'_>,
+        draws: Draws<'a>,
+    ) -> Result<Self, ModelError> {
+        if prompt.is_empty() {
+            return Err(ModelError::Metadata("an empty prompt has nothing to condition on".into()));
+        }
+        let room = config.context_length.saturating_sub(prompt.len());
+        if room == 0 {
+            return Err(ModelError::TooLong { what: "prompt", found: prompt.len(), limit: config.context_length - 1 });
+        }
+        Ok(Self {
+            history: History::new(prompt),
+            selector: PenalisedTopK::new(config.vocab_size, usize::from(k), prompt),
+            sampler: Sampler::new(),
+            draws,
+            params,
+            max_tokens: stop.max_tokens.min(room),
+            stop_tokens: stop.tokens.to_vec(),
+            eos: config.eos_token_id,
+            out: Generated { positions: Vec::new(), tokens: Vec::new(), finish_reason: FinishReason::MaxTokens },
+            done: stop.max_tokens == 0,
+        })
+    }
+
+    /// Picks the next token from the log-softmax row that predicts it. After
+    /// the pick that ends the generation, `is_done` holds and the caller must
+    /// not run the model on the token.
+    pub fn pick(&mut self, logprobs: &[f32]) -> Result<u32, ModelError> {
+        if self.done {
+            return Err(ModelError::Metadata("the generation has already ended".into()));
+        }
+        let position = self.out.tokens.len();
+        let top = self.selector.select(logprobs, &self.history, &self.params);
+        let logged = logged_candidates(&top, &self.history, &self.params);
+        let kept = self.sampler.distribution(
+            logged.iter().map(|c| (c.token, f64::from(c.logprob.to_f32()))),
+            &self.history,
+            &self.params,
+        );
+        let draw = match &mut self.draws {
             Draws::Seeded(seed) => draw(seed, position as u32),
             Draws::External(source) => source(),
         };
         let index = choose_from(kept, draw).ok_or_else(|| ModelError::Metadata("no candidate to sample".into()))?;
         let token = logged[index].token;
-        out.positions.push((logged, index as u8));
-        out.tokens.push(token);
-        on_token(token);
-        if token == eos {
-            out.finish_reason = FinishReason::Eos;
-            break;
+        self.out.positions.push((logged, index as u8));
+        self.out.tokens.push(token);
+        if token == self.eos {
+            (self.out.finish_reason, self.done) = (FinishReason::Eos, true);
+        } else if self.stop_tokens.contains(&token) {
+            (self.out.finish_reason, self.done) = (FinishReason::Stop, true);
+        } else if position + 1 == self.max_tokens {
+            self.done = true;
+        } else {
+            self.history.push(token);
+            self.selector.note(token);
         }
-        if stop.tokens.contains(&token) {
-            out.finish_reason = FinishReason::Stop;
-            break;
-        }
-        if position + 1 == max_tokens {
-            break;
-        }
-        history.push(token);
-        selector.note(token);
-        logprobs = source.advance(token)?;
+        Ok(token)
     }
-    Ok(out)
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// What has been generated so far: per position the logged candidates
+    /// and the chosen index.
+    pub fn generated(&self) -> &Generated {
+        &self.out
+    }
+
+    pub fn finish(self) -> Generated {
+        self.out
+    }
 }
 
 /// Teacher-forced prefill of `prompt ++ generated`: calls `each(i, row)` with

@@ -11,6 +11,7 @@
 compile_error!("poi-model reads GGUF's little-endian blocks in place: big-endian targets are not supported");
 
 mod attention;
+pub mod batch;
 pub mod chat;
 mod config;
 mod error;

@@ -119,54 +119,99 @@ impl Llama {
         if offset + n > self.config.context_length {
             return Err(ModelError::TooLong { what: "input", found: offset + n, limit: self.config.context_length });
         }
-        let vocab = self.config.vocab_size as u32;
-        if let Some(&token) = tokens.iter().find(|&&t| t >= vocab) {
-            return Err(ModelError::TokenOutOfVocabulary { token, vocab });
-        }
-        let device = self.numerics.device();
-        let ids = Tensor::new(tokens, device)?;
-        let mut x = self.embeddings.index_select(&ids, 0)?;
+        let mut x = self.embed(tokens)?;
+        let (c, shape) = (&self.config, self.shape());
         for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = self.block(layer, &x, offset, layer_cache)?;
+            x = self.block(layer, &x, |q, k, v| {
+                self.rotary.apply(q, c.hidden_size, offset);
+                self.rotary.apply(k, c.n_kv_heads * c.head_dim(), offset);
+                layer_cache.attend(&shape, q, k, v)
+            })?;
         }
         cache.len += n;
         if first_output >= n {
             return Ok(Vec::new());
         }
-        let x = x.narrow(0, first_output, n - first_output)?;
-        let x = candle_nn::ops::rms_norm(&x, &self.output_norm, self.config.rms_eps)?;
+        self.head(&x.narrow(0, first_output, n - first_output)?)
+    }
+
+    /// One decoding step of several sequences together: `tokens[i]` follows
+    /// what `caches[i]` holds. Returns one log-softmax row per sequence, in
+    /// order. Each row goes through exactly the operations of
+    /// `forward(&[tokens[i]], caches[i], 0)` (every kernel computes a row the
+    /// same way whatever the other rows are), so a sequence's numbers do not
+    /// depend on what it is batched with; what batching saves is reading every
+    /// weight once per step for all of them.
+    pub fn decode_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<f32>, ModelError> {
+        if tokens.len() != caches.len() {
+            return Err(ModelError::Metadata(format!("{} tokens for {} caches", tokens.len(), caches.len())));
+        }
+        if let Some(full) = caches.iter().find(|cache| cache.len >= self.config.context_length) {
+            return Err(ModelError::TooLong { what: "input", found: full.len + 1, limit: self.config.context_length });
+        }
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut x = self.embed(tokens)?;
+        let (c, shape) = (&self.config, self.shape());
+        let (q_row, kv_row) = (c.hidden_size, c.n_kv_heads * c.head_dim());
+        for (l, layer) in self.layers.iter().enumerate() {
+            x = self.block(layer, &x, |q, k, v| {
+                let mut out = Vec::with_capacity(q.len());
+                for (i, cache) in caches.iter_mut().enumerate() {
+                    let (q, k) = (&mut q[i * q_row..(i + 1) * q_row], &mut k[i * kv_row..(i + 1) * kv_row]);
+                    self.rotary.apply(q, q_row, cache.len);
+                    self.rotary.apply(k, kv_row, cache.len);
+                    out.extend(cache.layers[l].attend(&shape, q, k, &v[i * kv_row..(i + 1) * kv_row]));
+                }
+                out
+            })?;
+        }
+        caches.iter_mut().for_each(|cache| cache.len += 1);
+        self.head(&x)
+    }
+
+    fn shape(&self) -> Shape {
+        let c = &self.config;
+        Shape { heads: c.n_heads, kv_heads: c.n_kv_heads, head_dim: c.head_dim() }
+    }
+
+    fn embed(&self, tokens: &[u32]) -> Result<Tensor, ModelError> {
+        let vocab = self.config.vocab_size as u32;
+        if let Some(&token) = tokens.iter().find(|&&t| t >= vocab) {
+            return Err(ModelError::TokenOutOfVocabulary { token, vocab });
+        }
+        let ids = Tensor::new(tokens, self.numerics.device())?;
+        Ok(self.embeddings.index_select(&ids, 0)?)
+    }
+
+    /// Log-softmax rows of the hidden states `x`.
+    fn head(&self, x: &Tensor) -> Result<Vec<f32>, ModelError> {
+        let x = candle_nn::ops::rms_norm(x, &self.output_norm, self.config.rms_eps)?;
         let mut rows = self.output.forward_rows(&x)?;
         rows.par_chunks_mut(self.config.vocab_size).for_each(log_softmax_in_place);
         Ok(rows)
     }
 
-    fn block(&self, layer: &Layer, x: &Tensor, offset: usize, cache: &mut LayerCache) -> Result<Tensor, ModelError> {
-        let eps = self.config.rms_eps;
+    /// One transformer block; `attend(q, k, v)` rotates this step's queries
+    /// and keys, caches keys and values, and returns the attention output rows.
+    fn block(
+        &self,
+        layer: &Layer,
+        x: &Tensor,
+        attend: impl FnOnce(&mut [f32], &mut [f32], &[f32]) -> Vec<f32>,
+    ) -> Result<Tensor, ModelError> {
+        let (eps, rows) = (self.config.rms_eps, x.dim(0)?);
         let h = candle_nn::ops::rms_norm(x, &layer.attn_norm, eps)?;
-        let attended = self.attention(layer, &h, offset, cache)?;
-        let x = (x + attended)?;
+        let [mut q, mut k, v]: [Vec<f32>; 3] = parts(layer.qkv.forward(&h)?)?;
+        let attended = attend(&mut q, &mut k, &v);
+        let attended = Tensor::from_vec(attended, (rows, self.config.hidden_size), x.device())?;
+        let x = (x + layer.wo.forward(&attended)?)?;
         let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
         let [gate, up]: [Vec<f32>; 2] = parts(layer.gate_up.forward(&h)?)?;
         let gated = swiglu(&gate, &up);
-        let gated = Tensor::from_vec(gated, (h.dim(0)?, self.config.feed_forward), h.device())?;
+        let gated = Tensor::from_vec(gated, (rows, self.config.feed_forward), h.device())?;
         Ok((x + layer.down.forward(&gated)?)?)
-    }
-
-    fn attention(
-        &self,
-        layer: &Layer,
-        h: &Tensor,
-        offset: usize,
-        cache: &mut LayerCache,
-    ) -> Result<Tensor, ModelError> {
-        let c = &self.config;
-        let shape = Shape { heads: c.n_heads, kv_heads: c.n_kv_heads, head_dim: c.head_dim() };
-        let [mut q, mut k, v]: [Vec<f32>; 3] = parts(layer.qkv.forward(h)?)?;
-        self.rotary.apply(&mut q, c.hidden_size, offset);
-        self.rotary.apply(&mut k, c.n_kv_heads * c.head_dim(), offset);
-        let out = cache.attend(&shape, &q, &k, &v);
-        let out = Tensor::from_vec(out, (h.dim(0)?, c.hidden_size), h.device())?;
-        Ok(layer.wo.forward(&out)?)
     }
 }
 

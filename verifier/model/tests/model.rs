@@ -225,3 +225,70 @@ fn same_seed_same_artifact() {
     assert_eq!(mine(&rt, &spec, 3, 24).encode(), mine(&rt, &spec, 3, 24).encode());
     assert_ne!(mine(&rt, &spec, 3, 24).body.generation, mine(&rt, &spec, 4, 24).body.generation);
 }
+
+/// Requests of different prompts, seeds and lengths, joining a batch at
+/// different steps and leaving it as they end, get exactly the positions
+/// they get when generated alone.
+#[test]
+fn batched_generation_is_bit_identical_to_generating_alone() {
+    use poi_model::batch::{Batch, Event};
+    use poi_model::generate::Sequence;
+    let spec = tiny_spec();
+    let rt = Runtime::load_pinned(&spec, tiny_path(), None).unwrap();
+    let requests: Vec<Request> = (0..6u8)
+        .map(|i| {
+            let prompt = rt.chat_tokens(&[Message { role: "user".into(), content: "x ".repeat(1 + i as usize) }]);
+            Request::new([i; 16], Some(u64::from(i) * 11), prompt.unwrap(), 8 + 7 * u32::from(i))
+        })
+        .collect();
+    let sequence = |request: &Request| {
+        let draws = Draws::Seeded(request.run_seed().unwrap());
+        Sequence::new(
+            rt.model.config(),
+            &request.prompt_tokens,
+            spec.sampling,
+            spec.logged_k,
+            &StopRules::of(request),
+            draws,
+        )
+        .unwrap()
+    };
+    let alone: Vec<_> = requests
+        .iter()
+        .map(|r| {
+            let draws = Draws::Seeded(r.run_seed().unwrap());
+            generate(&rt.model, &r.prompt_tokens, &spec.sampling, spec.logged_k, &StopRules::of(r), draws, |_| {})
+                .unwrap()
+        })
+        .collect();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    let mut done = vec![None; requests.len()];
+    let mut streamed = vec![0usize; requests.len()];
+    pool.install(|| {
+        let mut batch = Batch::new(&rt.model);
+        let mut on_event = |index: &mut usize, event: Event<'_>| match event {
+            Event::Token { .. } => streamed[*index] += 1,
+            Event::Done(generated) => done[*index] = Some(generated),
+        };
+        let mut waiting = 0..requests.len();
+        for step in 0.. {
+            // One joins every second step, so members sit at different positions.
+            if step % 2 == 0 {
+                if let Some(i) = waiting.next() {
+                    batch.join(&requests[i].prompt_tokens, sequence(&requests[i]), i, &mut on_event).unwrap();
+                }
+            }
+            if batch.is_empty() && waiting.len() == 0 {
+                break;
+            }
+            batch.step(&mut on_event).unwrap();
+        }
+    });
+    for (i, (alone, batched)) in alone.iter().zip(&done).enumerate() {
+        let batched = batched.as_ref().unwrap_or_else(|| panic!("request {i} never finished"));
+        assert!(alone.tokens.len() > 1, "request {i} generated {} tokens", alone.tokens.len());
+        assert_eq!(batched.positions, alone.positions, "request {i}");
+        assert_eq!(batched.finish_reason, alone.finish_reason, "request {i}");
+        assert_eq!(streamed[i], alone.tokens.len(), "request {i}: one event per token");
+    }
+}

@@ -4,6 +4,7 @@ pub mod devnet;
 pub mod keys;
 pub mod mine;
 pub mod node;
+pub mod serve;
 pub mod verify;
 
 use std::path::Path;
