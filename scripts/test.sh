@@ -15,6 +15,14 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The real-model tests need the pinned GGUF; fetching is idempotent.
 scripts/fetch-model.sh >/dev/null
+# The `poi serve` test drives it with the official openai SDK (and signs a
+# requester binding with `cryptography`), from a virtual environment.
+venv="${POI_VENV:-$HOME/.cache/poi/venv}"
+if ! "$venv/bin/python" -c "import openai, cryptography" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q openai==3.60.0 cryptography==50.0.2
+fi
+export POI_PYTHON="$venv/bin/python"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"

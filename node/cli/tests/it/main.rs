@@ -7,7 +7,9 @@ mod cli;
 mod crash;
 mod devnet;
 mod mine;
+mod process;
 mod recheck;
+mod serve;
 
 use std::process::{Command, Output};
 

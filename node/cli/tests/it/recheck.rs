@@ -5,10 +5,8 @@
 //! the restart it resumes the owed check from its store and votes once:
 //! the verdict is final and nobody equivocated.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use jsonrpsee::http_client::HttpClientBuilder;
@@ -17,71 +15,7 @@ use poi_chain_spec::{devnet_keypair, devnet_requester, ChainSpec};
 use poi_rpc_api::{PoiApiClient, Status, SubmitResult};
 use poi_verifier::verdict::selection;
 
-struct Node {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl Node {
-    fn start(spec: &Path, key: &Path, data: &Path, bootnode: Option<&str>) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_poi"));
-        command
-            .args(["node", "--dev", "--rpc", "127.0.0.1:0", "--rpc-rate", "0", "--rpc-rate-per-connection", "0"])
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--chain"])
-            .arg(spec)
-            .arg("--key")
-            .arg(key)
-            .arg("--data")
-            .arg(data)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if let Some(bootnode) = bootnode {
-            command.args(["--bootnode", bootnode]);
-        }
-        let mut child = command.spawn().expect("poi node starts");
-        let (sender, lines) = channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = sender.send(line);
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// The first log line containing `needle`, within `limit`.
-    fn wait_for(&self, needle: &str, limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no log line with {needle:?} within {limit:?}"),
-            }
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write_key(path: &Path, key: &Keypair) {
-    let file = serde_json::json!({"public_key": key.public().to_hex(), "secret_key": hex::encode(key.secret())});
-    std::fs::write(path, file.to_string()).unwrap();
-}
-
-/// `needle=value` in a tracing line, up to the next space.
-fn field<'a>(line: &'a str, needle: &str) -> &'a str {
-    let start = line.find(needle).unwrap_or_else(|| panic!("{needle} in {line}")) + needle.len();
-    line[start..].split([' ', ',', ']', ')']).next().unwrap()
-}
+use crate::process::{field, write_key};
 
 /// A requester-bound artifact with one candidate list edited (the replay
 /// check passes it, the full check rejects it) whose id selects validator 1
@@ -134,13 +68,13 @@ async fn a_validator_killed_during_a_dispute_recheck_votes_once_after_restart() 
     let artifact = fraud(&spec, &spec_path, dir.path());
     let id = artifact.id();
 
-    let checker = Node::start(&spec_path, &keys[1], &dir.path().join("data-1"), None);
+    let checker = crate::process::node(&spec_path, &keys[1], &dir.path().join("data-1"), None, &[]);
     let started = checker.wait_for("node started", Duration::from_secs(120));
     let addr = field(&started, "addrs=[").to_string();
     let bootnode = format!("{addr}/p2p/{}", field(&started, "peer_id="));
     let rpc = format!("http://{}", field(&started, "rpc=Some("));
     let data0 = dir.path().join("data-0");
-    let victim = Node::start(&spec_path, &keys[0], &data0, Some(&bootnode));
+    let victim = crate::process::node(&spec_path, &keys[0], &data0, Some(&bootnode), &[]);
     victim.wait_for("node started", Duration::from_secs(120));
 
     let client = HttpClientBuilder::default().build(&rpc).unwrap();
@@ -161,7 +95,7 @@ async fn a_validator_killed_during_a_dispute_recheck_votes_once_after_restart() 
         assert!(store.votes_by(&id, &devnet_keypair(0).public()).unwrap().is_empty());
     }
 
-    let restarted = Node::start(&spec_path, &keys[0], &data0, Some(&bootnode));
+    let restarted = crate::process::node(&spec_path, &keys[0], &data0, Some(&bootnode), &[]);
     restarted.wait_for("full check started", Duration::from_secs(120));
     let deadline = Instant::now() + Duration::from_secs(120);
     let verdict = loop {

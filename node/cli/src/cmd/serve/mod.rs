@@ -41,8 +41,8 @@ use crate::keyfile;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Use the embedded devnet spec (whose validator keys are public).
-    #[arg(long, conflicts_with = "chain")]
+    /// Use the embedded devnet spec when no --chain is given.
+    #[arg(long)]
     dev: bool,
     #[command(flatten)]
     chain: ChainArg,
