@@ -12,6 +12,7 @@ mod cpus;
 mod history;
 mod model;
 mod network;
+mod serve;
 mod store;
 mod votes;
 use poi_artifact::{f16, ArtifactBody, Candidate, FinishReason, Generation, Keypair, Request};
@@ -38,6 +39,9 @@ pub enum BenchCommand {
     /// of the same tokens (the full check), optionally against llama.cpp's
     /// prompt processing and generation on the same GGUF; peak memory.
     Model(model::Args),
+    /// `poi serve` throughput (tokens/s, requests/s) at several numbers of
+    /// concurrent clients, side by side with `poi mine` run once per request.
+    Serve(serve::Args),
     /// Network throughput (DESIGN §10): nodes on loopback replay-check and
     /// store every artifact; sustained artifacts/s and submit-to-stored-
     /// everywhere latency.
@@ -100,6 +104,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     let (vectors, positions) = match command {
         BenchCommand::Size { vectors, positions } => (vectors, positions),
         BenchCommand::Model(args) => return model::run(args),
+        BenchCommand::Serve(args) => return serve::run(args),
         BenchCommand::Network(args) => return network::run(args),
         BenchCommand::Store(args) => return store::run(args),
         BenchCommand::History(args) => return history::run(args),
