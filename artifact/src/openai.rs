@@ -1,5 +1,8 @@
 //! Import of an OpenAI-compatible chat completion with `logprobs` /
-//! `top_logprobs` (as a vLLM server returns it) into an unseeded artifact body.
+//! `top_logprobs` (as vLLM, llama.cpp or OpenAI return it) into an unseeded
+//! artifact body. Tokens are mapped to ids by a [`TokenResolver`]: vLLM's
+//! `token_id:N` strings need none, anything else needs the pinned model's
+//! vocabulary (poi-model's resolver).
 //!
 //! Such a server does not log a run seed, so the result carries no user seed and
 //! gets only the surprisal test, never the replay.
@@ -22,7 +25,7 @@ pub enum ImportError {
     NoLogprobs,
     #[error("no prompt token ids: pass them, or ask the server to return prompt_token_ids")]
     NoPromptTokens,
-    #[error("position {position}: token {token:?} cannot be mapped to an id")]
+    #[error("position {position}: token {token:?} is not one token of the pinned vocabulary (and no usable bytes)")]
     UnknownToken { position: usize, token: String },
     #[error("position {position}: {found} top_logprobs, the chain logs k = {k}")]
     TooFewCandidates { position: usize, found: usize, k: u16 },
@@ -36,16 +39,17 @@ pub enum ImportError {
     Structure(#[from] DecodeError),
 }
 
-/// Maps a token as the server printed it to a vocabulary id.
+/// Maps a token as the server printed it (its string, and OpenAI's `bytes`
+/// field when the server sent one) to a vocabulary id.
 pub trait TokenResolver {
-    fn resolve(&self, token: &str) -> Option<u32>;
+    fn resolve(&self, token: &str, bytes: Option<&[u8]>) -> Option<u32>;
 }
 
 /// vLLM's `return_tokens_as_token_ids=true` form: `"token_id:1234"`.
 pub struct TokenIdStrings;
 
 impl TokenResolver for TokenIdStrings {
-    fn resolve(&self, token: &str) -> Option<u32> {
+    fn resolve(&self, token: &str, _bytes: Option<&[u8]>) -> Option<u32> {
         token.strip_prefix("token_id:")?.parse().ok()
     }
 }
@@ -73,6 +77,8 @@ struct ChoiceLogprobs {
 struct TokenLogprob {
     token: String,
     #[serde(default)]
+    bytes: Option<Vec<u8>>,
+    #[serde(default)]
     top_logprobs: Vec<TopLogprob>,
 }
 
@@ -80,6 +86,8 @@ struct TokenLogprob {
 struct TopLogprob {
     token: String,
     logprob: f64,
+    #[serde(default)]
+    bytes: Option<Vec<u8>>,
 }
 
 /// Everything the response itself does not say.
@@ -107,16 +115,18 @@ pub fn import_chat_completion(response: &str, ctx: &ImportContext<'_>) -> Result
     let mut history = History::new(&prompt_tokens);
     let mut positions: Vec<(Vec<Candidate>, u8)> = Vec::with_capacity(content.len());
     for (position, entry) in content.iter().enumerate() {
-        let resolve = |token: &str| {
-            ctx.resolver.resolve(token).ok_or_else(|| ImportError::UnknownToken { position, token: token.to_string() })
+        let resolve = |token: &str, bytes: &Option<Vec<u8>>| {
+            ctx.resolver
+                .resolve(token, bytes.as_deref())
+                .ok_or_else(|| ImportError::UnknownToken { position, token: token.to_string() })
         };
-        let chosen_token = resolve(&entry.token)?;
+        let chosen_token = resolve(&entry.token, &entry.bytes)?;
         let mut scored = Vec::with_capacity(entry.top_logprobs.len());
         for top in &entry.top_logprobs {
             if !(top.logprob.is_finite() && top.logprob <= 0.0) {
                 return Err(ImportError::BadLogprob { position, value: top.logprob });
             }
-            let token = resolve(&top.token)?;
+            let token = resolve(&top.token, &top.bytes)?;
             if scored.iter().any(|(_, c): &(f64, Candidate)| c.token == token) {
                 return Err(ImportError::DuplicateCandidate { position, token });
             }

@@ -41,6 +41,9 @@ enum Command {
     /// Compare two OpenAI-compatible responses with logprobs (e.g. two vLLM
     /// servers given the same prompt and tokens): distance2 and match ratio.
     Compare(cmd::compare::Args),
+    /// Turn an OpenAI-compatible chat completion with logprobs from another
+    /// engine (vLLM, llama.cpp) into a signed, unseeded artifact.
+    Import(cmd::import::Args),
     /// Generate or show a node / miner key file.
     #[command(subcommand)]
     Keys(cmd::keys::KeysCommand),
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Devnet(args) => cmd::devnet::run(args),
         Command::Verify(args) => cmd::verify::run(args),
         Command::Compare(args) => cmd::compare::run(args),
+        Command::Import(args) => cmd::import::run(args),
         Command::Mine(args) => cmd::mine::run(args),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Keys(command) => cmd::keys::run(command),

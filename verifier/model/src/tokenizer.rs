@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use fancy_regex::Regex;
+use poi_artifact::openai::{TokenIdStrings, TokenResolver};
 use thiserror::Error;
 
 /// GPT-2's pre-tokenizer split, as llama.cpp and HF `ByteLevel` use it.
@@ -241,5 +242,36 @@ fn array<'a>(content: &'a Content, key: &str) -> Result<&'a [Value], TokenizerEr
     match content.metadata.get(key) {
         Some(Value::Array(values)) => Ok(values),
         _ => Err(TokenizerError::Metadata(format!("missing array {key}"))),
+    }
+}
+
+/// Resolves tokens as OpenAI-compatible servers print them, against this
+/// vocabulary: vLLM's `token_id:N`, else OpenAI's `bytes` field, else the
+/// token string's UTF-8 bytes. A byte string that two ids share, or one
+/// that no id has (a server that printed half a character lossily), does
+/// not resolve.
+pub struct VocabResolver {
+    by_bytes: HashMap<Vec<u8>, Option<u32>>,
+    vocab: u32,
+}
+
+impl VocabResolver {
+    pub fn new(tokenizer: &Tokenizer) -> Self {
+        let mut by_bytes: HashMap<Vec<u8>, Option<u32>> = HashMap::new();
+        for id in 0..tokenizer.vocab_size() as u32 {
+            if let Ok(bytes) = tokenizer.token_bytes(id) {
+                by_bytes.entry(bytes).and_modify(|seen| *seen = None).or_insert(Some(id));
+            }
+        }
+        Self { by_bytes, vocab: tokenizer.vocab_size() as u32 }
+    }
+}
+
+impl TokenResolver for VocabResolver {
+    fn resolve(&self, token: &str, bytes: Option<&[u8]>) -> Option<u32> {
+        if let Some(id) = TokenIdStrings.resolve(token, None) {
+            return (id < self.vocab).then_some(id);
+        }
+        *self.by_bytes.get(bytes.unwrap_or(token.as_bytes()))?
     }
 }

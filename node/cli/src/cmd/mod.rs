@@ -1,6 +1,7 @@
 pub mod compare;
 pub mod convert;
 pub mod devnet;
+pub mod import;
 pub mod keys;
 pub mod mine;
 pub mod node;

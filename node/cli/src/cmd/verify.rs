@@ -52,14 +52,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
+    // A rejected artifact that still decodes says what kind it was.
+    let seeding = match &outcome {
+        Ok((_, report)) => Some(report.seeding),
+        Err(_) => super::read_artifact(&args.artifact, poi_artifact::MAX_WIRE_BYTES)
+            .ok()
+            .and_then(|artifact| SeedingClass::of(&artifact, spec, &spec.chain_id()).ok()),
+    };
     if args.json {
         let mut value = as_json(&outcome);
+        value["seeding"] = json!(seeding);
         if let Some(report) = &full {
             value["full_check"] = full_json(report, args.positions)?;
         }
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        print_text(&outcome, spec.thresholds.max_surprisal_z);
+        print_text(&outcome, seeding, spec.thresholds.max_surprisal_z);
         if let Some(report) = &full {
             print_full(report, args.positions);
         }
@@ -122,7 +130,6 @@ fn as_json(outcome: &Result<(Artifact, ReplayReport), Rejection>) -> serde_json:
             "miner": artifact.body.miner.to_hex(),
             "positions": report.positions,
             "k": artifact.body.generation.k(),
-            "seeding": report.seeding,
             "surprisal_z": report.z(),
         }),
         Err(rejection) => json!({
@@ -133,23 +140,26 @@ fn as_json(outcome: &Result<(Artifact, ReplayReport), Rejection>) -> serde_json:
     }
 }
 
-fn print_text(outcome: &Result<(Artifact, ReplayReport), Rejection>, threshold: f64) {
+fn print_text(outcome: &Result<(Artifact, ReplayReport), Rejection>, seeding: Option<SeedingClass>, threshold: f64) {
+    let seeding = seeding.map(|class| match class {
+        SeedingClass::RequesterBound => "requester-bound (a requester the chain knows fixed the seed)",
+        SeedingClass::MinerSeeded => "miner-seeded (no binding by a known requester: every validator checks it)",
+        SeedingClass::Unseeded => "unseeded (surprisal test only; every validator checks it)",
+    });
     match outcome {
         Ok((artifact, report)) => {
-            let seeding = match report.seeding {
-                SeedingClass::RequesterBound => "requester-bound (a requester the chain knows fixed the seed)",
-                SeedingClass::MinerSeeded => {
-                    "miner-seeded (no binding by a known requester: every validator checks it)"
-                }
-                SeedingClass::Unseeded => "unseeded (surprisal test only; every validator checks it)",
-            };
             println!("artifact   {}", artifact.id());
             println!("miner      {}", artifact.body.miner);
             println!("positions  {} (k = {})", report.positions, artifact.body.generation.k());
-            println!("seeding    {seeding}");
+            println!("seeding    {}", seeding.unwrap_or_default());
             println!("surprisal  z = {:.3} (threshold {threshold})", report.z());
             println!("verdict    PASS (replay check)");
         }
-        Err(rejection) => println!("verdict    REJECT: {rejection}"),
+        Err(rejection) => {
+            if let Some(seeding) = seeding {
+                println!("seeding    {seeding}");
+            }
+            println!("verdict    REJECT: {rejection}");
+        }
     }
 }

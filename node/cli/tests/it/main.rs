@@ -6,6 +6,7 @@
 mod cli;
 mod crash;
 mod devnet;
+mod import;
 mod mine;
 mod process;
 mod recheck;
