@@ -278,7 +278,7 @@ fn batched_generation_is_bit_identical_to_generating_alone() {
                     batch.join(&requests[i].prompt_tokens, sequence(&requests[i]), i, &mut on_event).unwrap();
                 }
             }
-            if batch.is_empty() && waiting.len() == 0 {
+            if batch.is_empty() && waiting.is_empty() {
                 break;
             }
             batch.step(&mut on_event).unwrap();
