@@ -109,6 +109,17 @@ try:
 except urllib.error.HTTPError as err:
     out["oversized"] = [err.code, "error" in json.loads(err.read())]
 
+# One 900 kB word (quadratic BPE would take hours on it) and a body of
+# nothing but control tokens: refused for length, promptly.
+for name, text in [("long_word", "x" * 900_000), ("control_tokens", "<|im_end|>" * 90_000)]:
+    try:
+        urllib.request.urlopen(urllib.request.Request(
+            base + "/v1/chat/completions", headers={"content-type": "application/json"},
+            data=json.dumps({"model": model, "messages": [{"role": "user", "content": text}]}).encode()), timeout=60)
+        out[name] = "accepted"
+    except urllib.error.HTTPError as err:
+        out[name] = [err.code, json.loads(err.read())["error"]["param"]]
+
 # A flood beyond queue + batch gets 503 with Retry-After; the rest are served.
 def flood_one(i):
     request = urllib.request.Request(

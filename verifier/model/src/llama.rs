@@ -138,10 +138,12 @@ impl Llama {
     /// One decoding step of several sequences together: `tokens[i]` follows
     /// what `caches[i]` holds. Returns one log-softmax row per sequence, in
     /// order. Each row goes through exactly the operations of
-    /// `forward(&[tokens[i]], caches[i], 0)` (every kernel computes a row the
-    /// same way whatever the other rows are), so a sequence's numbers do not
-    /// depend on what it is batched with; what batching saves is reading every
-    /// weight once per step for all of them.
+    /// `forward(&[tokens[i]], caches[i], 0)`: under the bit-exact profile
+    /// every kernel computes a row the same way whatever the other rows are
+    /// (tested: batched generation equals generating alone), so a sequence's
+    /// numbers do not depend on what it is batched with; what batching saves
+    /// is reading every weight once per step for all of them. (Candle's own
+    /// matmuls in the other profiles make no such promise.)
     pub fn decode_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<f32>, ModelError> {
         if tokens.len() != caches.len() {
             return Err(ModelError::Metadata(format!("{} tokens for {} caches", tokens.len(), caches.len())));

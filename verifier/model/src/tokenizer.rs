@@ -118,36 +118,39 @@ impl Tokenizer {
     /// (`<|im_end|>`) become their ids; without, they are ordinary text.
     pub fn encode(&self, text: &str, special: bool) -> Vec<u32> {
         let mut out = Vec::new();
-        let mut rest = text;
-        while !rest.is_empty() {
-            let next_special = if special { self.find_special(rest) } else { None };
-            let (plain, after) = match next_special {
-                Some((start, _, _)) => rest.split_at(start),
-                None => (rest, ""),
-            };
-            self.encode_plain(plain, &mut out);
-            match next_special {
-                Some((_, len, id)) => {
+        if !special {
+            self.encode_plain(text, &mut out);
+            return out;
+        }
+        // Each control token's next occurrence, searched for again only once
+        // the text before it is consumed: linear in the text, however many
+        // control tokens it holds.
+        let mut next: Vec<Option<usize>> = self.specials.iter().map(|(s, _)| text.find(s.as_str())).collect();
+        let mut at = 0;
+        loop {
+            for ((special, _), found) in self.specials.iter().zip(next.iter_mut()) {
+                if matches!(*found, Some(start) if start < at) {
+                    *found = text[at..].find(special.as_str()).map(|start| start + at);
+                }
+            }
+            // The earliest; among equal starts, the first in the table.
+            let earliest = next
+                .iter()
+                .zip(&self.specials)
+                .filter_map(|(found, (special, id))| found.map(|start| (start, special.len(), *id)))
+                .min_by_key(|&(start, _, _)| start);
+            match earliest {
+                Some((start, len, id)) => {
+                    self.encode_plain(&text[at..start], &mut out);
                     out.push(id);
-                    rest = &after[len..];
+                    at = start + len;
                 }
-                None => rest = "",
-            }
-        }
-        out
-    }
-
-    /// The earliest special token in `text`: (byte offset, length, id).
-    fn find_special(&self, text: &str) -> Option<(usize, usize, u32)> {
-        let mut best: Option<(usize, usize, u32)> = None;
-        for (special, id) in &self.specials {
-            if let Some(start) = text.find(special.as_str()) {
-                if best.is_none_or(|(b, _, _)| start < b) {
-                    best = Some((start, special.len(), *id));
+                None => {
+                    self.encode_plain(&text[at..], &mut out);
+                    return out;
                 }
             }
         }
-        best
     }
 
     fn encode_plain(&self, text: &str, out: &mut Vec<u32>) {
@@ -173,8 +176,13 @@ impl Tokenizer {
     }
 
     /// BPE over one pre-tokenized word: merge the lowest-ranked adjacent pair
-    /// until none is in the merge table.
+    /// (the leftmost among equals) until none is in the merge table. Pairs
+    /// wait in a heap over a linked list of symbols, so a long word costs
+    /// O(n log n), not the O(n²) of rescanning every pair after each merge
+    /// (a request body of one 1 MiB word must not stall the server).
     fn encode_word(&self, word: &str, out: &mut Vec<u32>) {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
         let mut symbols: Vec<u32> = word
             .bytes()
             .map(|b| {
@@ -182,17 +190,39 @@ impl Tokenizer {
                 self.ids.get(c.encode_utf8(&mut [0; 4]) as &str).copied().unwrap_or(0)
             })
             .collect();
-        loop {
-            let best = symbols
-                .windows(2)
-                .enumerate()
-                .filter_map(|(i, pair)| self.merges.get(&(pair[0], pair[1])).map(|&(rank, merged)| (rank, i, merged)))
-                .min();
-            let Some((_, i, merged)) = best else { break };
-            symbols[i] = merged;
-            symbols.remove(i + 1);
+        let n = symbols.len();
+        // Neighbours of each live symbol by start position; n means none.
+        let mut prev: Vec<usize> = (0..n).map(|i| if i == 0 { n } else { i - 1 }).collect();
+        let mut next: Vec<usize> = (1..=n).collect();
+        let mut alive = vec![true; n];
+        // (rank, left position, left symbol, right symbol, merged): an entry
+        // whose symbols have changed since it was pushed is stale.
+        let mut heap = BinaryHeap::new();
+        let pair = |heap: &mut BinaryHeap<_>, symbols: &[u32], i: usize, j: usize| {
+            if let Some(&(rank, merged)) = self.merges.get(&(symbols[i], symbols[j])) {
+                heap.push(Reverse((rank, i, symbols[i], symbols[j], merged)));
+            }
+        };
+        for i in 1..n {
+            pair(&mut heap, &symbols, i - 1, i);
         }
-        out.extend(symbols);
+        while let Some(Reverse((_, i, left, right, merged))) = heap.pop() {
+            let j = next[i];
+            if !alive[i] || j == n || symbols[i] != left || symbols[j] != right {
+                continue;
+            }
+            symbols[i] = merged;
+            alive[j] = false;
+            next[i] = next[j];
+            if next[i] != n {
+                prev[next[i]] = i;
+                pair(&mut heap, &symbols, i, next[i]);
+            }
+            if prev[i] != n {
+                pair(&mut heap, &symbols, prev[i], i);
+            }
+        }
+        out.extend((0..n).filter(|&i| alive[i]).map(|i| symbols[i]));
     }
 
     /// The bytes a token stands for (control tokens: their text).

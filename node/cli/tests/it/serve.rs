@@ -163,6 +163,8 @@ async fn openai_sdk_answers_are_signed_artifacts_that_the_node_stores_and_the_fu
     }
     assert_eq!(refused["model"], serde_json::json!([404, "model_not_found"]));
     assert_eq!(out["oversized"], serde_json::json!([413, true]));
+    assert_eq!(out["long_word"], serde_json::json!([400, "messages"]), "a long word is tokenized in time");
+    assert_eq!(out["control_tokens"], serde_json::json!([400, "messages"]));
 
     // 24 at once against a batch of 4 and a queue of 4: the overflow is told
     // to come back, the rest are served, and so is the next request.

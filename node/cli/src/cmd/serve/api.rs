@@ -43,10 +43,10 @@ impl ApiError {
     }
 
     fn kind(&self) -> &'static str {
-        match self.status {
-            StatusCode::SERVICE_UNAVAILABLE => "server_error",
-            s if s.is_server_error() => "server_error",
-            _ => "invalid_request_error",
+        if self.status.is_server_error() {
+            "server_error"
+        } else {
+            "invalid_request_error"
         }
     }
 

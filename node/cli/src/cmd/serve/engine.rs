@@ -2,8 +2,10 @@
 //!
 //! Requests wait in a queue of at most `queue` entries (a full queue is the
 //! caller's 503, never an unbounded backlog); the engine takes them into the
-//! batch while it has fewer than `max_batch` members, prefills each on
-//! joining, then runs one decoding step for all members at a time. Each
+//! batch while it has fewer than `max_batch` members, prefilling each on
+//! joining (one per step once others are decoding, so a burst of arrivals
+//! does not hold up the streams already running), then runs one decoding
+//! step for all members at a time. Each
 //! request's updates go back on its own channel, at most one per generated
 //! token; a request whose receiver is gone (the client left) is dropped from
 //! the batch before the next step.
@@ -27,9 +29,13 @@ pub enum Update {
     Done(Result<Generated, String>),
 }
 
-/// The queue is full: come back later.
 #[derive(Debug)]
-pub struct Busy;
+pub enum Refused {
+    /// The queue is full: come back later.
+    Busy,
+    /// The engine thread has stopped (it logged why).
+    Stopped,
+}
 
 #[derive(Clone)]
 pub struct EngineHandle {
@@ -47,8 +53,11 @@ impl EngineHandle {
         Self { jobs }
     }
 
-    pub fn submit(&self, job: Job) -> Result<(), Busy> {
-        self.jobs.try_send(job).map_err(|_| Busy)
+    pub fn submit(&self, job: Job) -> Result<(), Refused> {
+        self.jobs.try_send(job).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => Refused::Busy,
+            mpsc::error::TrySendError::Closed(_) => Refused::Stopped,
+        })
     }
 }
 
@@ -65,6 +74,7 @@ fn run(runtime: &Runtime, sampling: SamplingParams, k: u16, mut jobs: mpsc::Rece
         });
     };
     loop {
+        let decoding = !batch.is_empty();
         while batch.len() < max_batch {
             let job = if batch.is_empty() {
                 match jobs.blocking_recv() {
@@ -92,6 +102,9 @@ fn run(runtime: &Runtime, sampling: SamplingParams, k: u16, mut jobs: mpsc::Rece
                     });
             if let Err(err) = joined {
                 let _ = job.updates.send(Update::Done(Err(err.to_string())));
+            }
+            if decoding {
+                break;
             }
         }
         batch.retain(|updates| !updates.is_closed());

@@ -35,7 +35,7 @@ use tokio::sync::mpsc;
 use poi_cli::{ChainArg, ModelArgs};
 
 use self::api::{ApiError, Endpoint, Prepared};
-use self::engine::{EngineHandle, Job, Update};
+use self::engine::{EngineHandle, Job, Refused, Update};
 use self::respond::Transcript;
 use crate::keyfile;
 
@@ -71,6 +71,9 @@ pub struct Args {
 }
 
 struct Served {
+    /// Requests being parsed and tokenized at once (CPU work off the async
+    /// workers, bounded so that a flood of large bodies waits here).
+    preparing: tokio::sync::Semaphore,
     spec: ChainSpec,
     runtime: Arc<Runtime>,
     miner: Keypair,
@@ -99,7 +102,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let engine = EngineHandle::start(runtime.clone(), spec.sampling, spec.logged_k, args.queue, args.max_batch);
-    let served = Arc::new(Served { spec, runtime, miner, engine, nodes });
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let preparing = tokio::sync::Semaphore::new(cores);
+    let served = Arc::new(Served { preparing, spec, runtime, miner, engine, nodes });
     let router = Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
@@ -190,7 +195,7 @@ async fn prepare(
         };
         ApiError { status, ..ApiError::bad_body(message) }
     })?;
-    // Tokenizing a large body is CPU work: keep it off the async workers.
+    let _permit = served.preparing.acquire().await.map_err(|_| ApiError::internal("shutting down"))?;
     let served = served.clone();
     tokio::task::spawn_blocking(move || api::prepare(endpoint, &body, &served.spec, &served.runtime))
         .await
@@ -214,17 +219,17 @@ fn build_request(
     headers: &HeaderMap,
     with_binding: bool,
 ) -> Result<Request, ApiError> {
-    let uuid = match header(headers, "x-poi-request-uuid")? {
-        Some(text) => uuid::Uuid::parse_str(text)
-            .map_err(|e| ApiError::invalid("x-poi-request-uuid", format!("x-poi-request-uuid: {e}")))?,
-        None => uuid::Uuid::new_v4(),
-    };
     let key = header(headers, "x-poi-requester-key")?;
     let signature = header(headers, "x-poi-requester-signature")?;
     let binds = with_binding && (key.is_some() || signature.is_some());
-    if binds && headers.get("x-poi-request-uuid").is_none() {
-        return Err(ApiError::invalid("x-poi-request-uuid", "a requester binding needs x-poi-request-uuid"));
-    }
+    let uuid = match header(headers, "x-poi-request-uuid")? {
+        Some(text) => uuid::Uuid::parse_str(text)
+            .map_err(|e| ApiError::invalid("x-poi-request-uuid", format!("x-poi-request-uuid: {e}")))?,
+        None if binds => {
+            return Err(ApiError::invalid("x-poi-request-uuid", "a requester binding needs x-poi-request-uuid"))
+        }
+        None => uuid::Uuid::new_v4(),
+    };
     let user_seed = match prepared.user_seed {
         Some(seed) => seed,
         None if binds => return Err(ApiError::invalid("seed", "a requester binding signs the seed: pass seed")),
@@ -267,7 +272,10 @@ async fn answer(
     let prepared = prepare(&served, endpoint, body).await?;
     let request = build_request(&served.spec, &prepared, &headers, true)?;
     let (updates, mut received) = mpsc::unbounded_channel();
-    served.engine.submit(Job { request: request.clone(), updates }).map_err(|_| ApiError::busy())?;
+    served.engine.submit(Job { request: request.clone(), updates }).map_err(|refused| match refused {
+        Refused::Busy => ApiError::busy(),
+        Refused::Stopped => ApiError::internal("the model engine has stopped; see the server's log"),
+    })?;
     let id =
         format!("{}-{}", if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" }, uuid::Uuid::new_v4().simple());
     let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -388,7 +396,8 @@ impl Reply {
     }
 
     /// Streams chunks as tokens come, then a final chunk with the finish
-    /// reason and the artifact id (and usage when asked), then `[DONE]`.
+    /// reason and the artifact id (and, when asked, a usage chunk with no
+    /// choices), then `[DONE]`.
     /// Returns when the client has gone (the engine then drops the request).
     async fn stream(self, received: &mut mpsc::UnboundedReceiver<Update>, events: mpsc::Sender<SseEvent>) {
         let send = |value: Value| {
@@ -424,21 +433,28 @@ impl Reply {
                 None => return,
             }
         };
-        let last = match self.seal(&generated).await {
+        let mut last = match self.seal(&generated).await {
             Ok(sealed) => {
                 let text = transcript.unstreamed(true);
                 let finish = json!(respond::finish_reason(generated.finish_reason));
                 let mut chunk = self.envelope(vec![self.delta(text, Value::Null, finish)]);
                 sealed.annotate(&mut chunk);
+                let mut chunks = vec![chunk];
+                // As OpenAI sends it: a last chunk with no choices.
                 if self.prepared.include_usage {
-                    chunk["usage"] = respond::usage(self.prepared.prompt_tokens.len(), generated.tokens.len());
+                    let mut usage = self.envelope(Vec::new());
+                    usage["usage"] = respond::usage(self.prepared.prompt_tokens.len(), generated.tokens.len());
+                    sealed.annotate(&mut usage);
+                    chunks.push(usage);
                 }
-                chunk
+                chunks
             }
-            Err(err) => err.body(),
+            Err(err) => vec![err.body()],
         };
-        if !send(last).await {
-            return;
+        for chunk in last.drain(..) {
+            if !send(chunk).await {
+                return;
+            }
         }
         let _ = events.send(SseEvent::default().data("[DONE]")).await;
     }
