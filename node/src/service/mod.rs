@@ -102,6 +102,18 @@ impl NodeHandle {
         // end once they finish the job at hand.
         let threads = std::mem::take(&mut self.validators);
         let _ = tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| drop(t.join()))).await;
+        // Tasks the RPC server spawned per connection can still hold the
+        // pipeline for a moment after it stops; RocksDB's lock goes with the
+        // last reference.
+        let store = Arc::downgrade(self.pipeline.store());
+        drop(self);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if store.strong_count() > 0 {
+            tracing::warn!("the store is still referenced 10 s after stopping; its data dir stays locked until then");
+        }
     }
 }
 
