@@ -165,8 +165,18 @@ fn attend_block(queries: &[(&[f32], usize)], kv: &Cached<'_>, scale: f32, scores
     let whole = common - common % 4;
     for j in (0..whole).step_by(4) {
         let keys = [kv.key(j), kv.key(j + 1), kv.key(j + 2), kv.key(j + 3)];
-        for (&(query, _), &start) in queries.iter().zip(&starts) {
-            for (i, s) in dot4(query, keys).into_iter().enumerate() {
+        // Two queries at a time share each key load.
+        let (pairs, odd) = (queries.chunks_exact(2), queries.len() % 2);
+        for (pair, starts) in pairs.zip(starts.chunks_exact(2)) {
+            for (sums, &start) in dot4([pair[0].0, pair[1].0], keys).into_iter().zip(starts) {
+                for (i, s) in sums.into_iter().enumerate() {
+                    scores[start + j + i] = s * scale;
+                }
+            }
+        }
+        if odd == 1 {
+            let (last, start) = (queries.len() - 1, starts[queries.len() - 1]);
+            for (i, s) in dot4([queries[last].0], keys)[0].into_iter().enumerate() {
                 scores[start + j + i] = s * scale;
             }
         }
@@ -176,31 +186,61 @@ fn attend_block(queries: &[(&[f32], usize)], kv: &Cached<'_>, scale: f32, scores
             scores[start + j] = dot(query, kv.key(j)) * scale;
         }
     }
-    for ((&(_, visible), &start), out) in queries.iter().zip(&starts).zip(out.chunks_exact_mut(d)) {
+    for (&(_, visible), &start) in queries.iter().zip(&starts) {
         let weights = &mut scores[start..start + visible];
         let max = weights.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         exp_shifted_in_place(weights, max);
         let total = weights.iter().fold(0f32, |total, &e| total + e);
         weights.iter_mut().for_each(|e| *e /= total);
-        weighted_values(weights, kv, out);
+    }
+    // The query heads of one row see the same positions, so they take each
+    // value row from memory once between them.
+    let mut first = 0;
+    while first < queries.len() {
+        let visible = queries[first].1;
+        let shared = queries[first..].iter().take(MAX_SHARED).take_while(|&&(_, v)| v == visible).count();
+        let weights: Vec<&[f32]> = starts[first..first + shared].iter().map(|&at| &scores[at..at + visible]).collect();
+        weighted_values(&weights, kv, &mut out[first * d..(first + shared) * d]);
+        first += shared;
     }
 }
 
-/// Outputs one AVX2 pass keeps in registers: eight independent sums, enough
-/// that the adds' latency does not bound it.
+/// Most queries whose weighted values share one pass over the values: two
+/// accumulators each plus the two value vectors fit AVX2's 16 registers.
+const MAX_SHARED: usize = 4;
+
+/// Outputs one AVX2 pass keeps in registers for a single query: eight
+/// independent sums, enough that the adds' latency does not bound it.
 const VALUE_CHUNK: usize = 64;
 
-/// `out += w_j * value_j` for j in order, elementwise. The AVX2 version
-/// keeps `VALUE_CHUNK` outputs in registers over all positions instead of
-/// loading and storing them at each one; the operations per element are the
-/// same.
-fn weighted_values(weights: &[f32], kv: &Cached<'_>, out: &mut [f32]) {
+/// Outputs per pass when several queries share it: two vectors a query.
+const SHARED_VALUE_CHUNK: usize = 16;
+
+/// For each query i, `out_i += w_ij * value_j` for j in order, elementwise
+/// (`out` holds the queries' `head_dim` slices one after another; they all
+/// see `weights[0].len()` positions). The AVX2 versions keep their outputs in
+/// registers over all positions instead of loading and storing them at each
+/// one, and several queries use each loaded value vector; the operations per
+/// element are the same.
+fn weighted_values(weights: &[&[f32]], kv: &Cached<'_>, out: &mut [f32]) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    if out.len().is_multiple_of(VALUE_CHUNK) && out.len() == kv.len {
-        return weighted_values_avx2(weights, kv, out);
+    if out.len() == weights.len() * kv.len {
+        match *weights {
+            [one] if kv.len.is_multiple_of(VALUE_CHUNK) => return weighted_values_avx2(one, kv, out),
+            [a, b] if kv.len.is_multiple_of(SHARED_VALUE_CHUNK) => return weighted_values_shared_avx2([a, b], kv, out),
+            [a, b, c] if kv.len.is_multiple_of(SHARED_VALUE_CHUNK) => {
+                return weighted_values_shared_avx2([a, b, c], kv, out)
+            }
+            [a, b, c, e] if kv.len.is_multiple_of(SHARED_VALUE_CHUNK) => {
+                return weighted_values_shared_avx2([a, b, c, e], kv, out)
+            }
+            _ => {}
+        }
     }
-    for (j, &w) in weights.iter().enumerate() {
-        out.iter_mut().zip(kv.value(j)).for_each(|(o, &v)| *o += w * v);
+    for (weights, out) in weights.iter().zip(out.chunks_exact_mut(kv.len)) {
+        for (j, &w) in weights.iter().enumerate() {
+            out.iter_mut().zip(kv.value(j)).for_each(|(o, &v)| *o += w * v);
+        }
     }
 }
 
@@ -226,6 +266,38 @@ fn weighted_values_avx2(weights: &[f32], kv: &Cached<'_>, out: &mut [f32]) {
     }
 }
 
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)] // its own symbol in profiles
+fn weighted_values_shared_avx2<const QUERIES: usize>(weights: [&[f32]; QUERIES], kv: &Cached<'_>, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (d, visible) = (kv.len, weights[0].len());
+    assert!(weights.iter().all(|w| w.len() == visible) && out.len() == QUERIES * d);
+    // SAFETY: AVX2 is enabled for the whole build; every value row is `d`
+    // long, a multiple of `SHARED_VALUE_CHUNK` (checked by the caller), `out`
+    // holds `QUERIES` rows of `d` and every weight slice `visible` values
+    // (asserted); all loads and stores are unaligned and within those rows.
+    unsafe {
+        for at in (0..d).step_by(SHARED_VALUE_CHUNK) {
+            let mut acc: [[__m256; 2]; QUERIES] =
+                std::array::from_fn(|q| [0, 8].map(|i| _mm256_loadu_ps(out.as_ptr().add(q * d + at + i))));
+            for j in 0..visible {
+                let value = kv.value(j).as_ptr().add(at);
+                let (low, high) = (_mm256_loadu_ps(value), _mm256_loadu_ps(value.add(8)));
+                for (acc, weights) in acc.iter_mut().zip(weights) {
+                    let w = _mm256_set1_ps(*weights.get_unchecked(j));
+                    acc[0] = _mm256_add_ps(acc[0], _mm256_mul_ps(w, low));
+                    acc[1] = _mm256_add_ps(acc[1], _mm256_mul_ps(w, high));
+                }
+            }
+            for (q, acc) in acc.iter().enumerate() {
+                for (i, acc) in [0, 8].into_iter().zip(acc) {
+                    _mm256_storeu_ps(out.as_mut_ptr().add(q * d + at + i), *acc);
+                }
+            }
+        }
+    }
+}
+
 /// `x = expf(x - shift)` for every element.
 fn exp_shifted_in_place(xs: &mut [f32], shift: f32) {
     for chunk in xs.chunks_mut(8) {
@@ -236,39 +308,45 @@ fn exp_shifted_in_place(xs: &mut [f32], shift: f32) {
     }
 }
 
-/// `dot` of `a` with four rows at once, bit for bit.
-fn dot4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+/// `dot` of each of `a` with four rows at once, bit for bit.
+fn dot4<const Q: usize>(a: [&[f32]; Q], b: [&[f32]; 4]) -> [[f32; 4]; Q] {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    if a.len().is_multiple_of(LANES) && b.iter().all(|b| b.len() == a.len()) {
+    if a[0].len().is_multiple_of(LANES) && a.iter().chain(&b).all(|row| row.len() == a[0].len()) {
         return dot4_avx2(a, b);
     }
-    b.map(|b| dot(a, b))
+    a.map(|a| b.map(|b| dot(a, b)))
 }
 
-/// The lanes of `dot` as one vector per row (multiply, then add: no FMA),
-/// and its pairwise sum ((0+1)+(2+3))+((4+5)+(6+7)) by horizontal adds,
-/// which add exactly those pairs.
+/// The lanes of `dot` as one vector per pair of rows (multiply, then add:
+/// no FMA), and its pairwise sum ((0+1)+(2+3))+((4+5)+(6+7)) by horizontal
+/// adds, which add exactly those pairs. Each row of `b` loaded serves every
+/// row of `a`.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-fn dot4_avx2(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
+fn dot4_avx2<const Q: usize>(a: [&[f32]; Q], b: [&[f32]; 4]) -> [[f32; 4]; Q] {
     use std::arch::x86_64::*;
     // SAFETY: AVX2 is enabled for the whole build; every row is as long as
-    // `a`, a whole number of 8-float chunks (checked by `dot4`), and loads
+    // `a[0]`, a whole number of 8-float chunks (checked by `dot4`), and loads
     // are unaligned.
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        for at in (0..a.len()).step_by(LANES) {
-            let x = _mm256_loadu_ps(a.as_ptr().add(at));
-            for (acc, b) in acc.iter_mut().zip(b) {
-                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(x, _mm256_loadu_ps(b.as_ptr().add(at))));
+        let mut acc = [[_mm256_setzero_ps(); 4]; Q];
+        for at in (0..a[0].len()).step_by(LANES) {
+            let keys = b.map(|b| _mm256_loadu_ps(b.as_ptr().add(at)));
+            for (acc, a) in acc.iter_mut().zip(a) {
+                let x = _mm256_loadu_ps(a.as_ptr().add(at));
+                for (acc, key) in acc.iter_mut().zip(keys) {
+                    *acc = _mm256_add_ps(*acc, _mm256_mul_ps(x, key));
+                }
             }
         }
-        // Per row r: lanes [r01, r23 | r45, r67] after one round, then
-        // [r0123 | r4567] after the second.
-        let quads = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-        let sums = _mm_add_ps(_mm256_castps256_ps128(quads), _mm256_extractf128_ps::<1>(quads));
-        let mut out = [0f32; 4];
-        _mm_storeu_ps(out.as_mut_ptr(), sums);
-        out
+        acc.map(|acc| {
+            // Per row r: lanes [r01, r23 | r45, r67] after one round, then
+            // [r0123 | r4567] after the second.
+            let quads = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+            let sums = _mm_add_ps(_mm256_castps256_ps128(quads), _mm256_extractf128_ps::<1>(quads));
+            let mut out = [0f32; 4];
+            _mm_storeu_ps(out.as_mut_ptr(), sums);
+            out
+        })
     }
 }
 
@@ -323,9 +401,37 @@ mod tests {
         for (len, seed) in [(64, 1), (8, 2), (16, 3), (12, 4), (3, 5)] {
             let a = pseudo(len, seed);
             let rows: Vec<Vec<f32>> = (0..4).map(|i| pseudo(len, seed * 10 + i)).collect();
-            let four = dot4(&a, [&rows[0], &rows[1], &rows[2], &rows[3]]);
-            for (row, got) in rows.iter().zip(four) {
-                assert_eq!(got.to_bits(), dot(&a, row).to_bits(), "length {len}");
+            let b = pseudo(len, seed + 100);
+            let keys = [&rows[0][..], &rows[1], &rows[2], &rows[3]];
+            let [alone] = dot4([&a], keys);
+            let pair = dot4([&a, &b], keys);
+            for (i, row) in rows.iter().enumerate() {
+                assert_eq!(alone[i].to_bits(), dot(&a, row).to_bits(), "length {len}");
+                assert_eq!(pair[0][i].to_bits(), dot(&a, row).to_bits(), "length {len}, first of two");
+                assert_eq!(pair[1][i].to_bits(), dot(&b, row).to_bits(), "length {len}, second of two");
+            }
+        }
+    }
+
+    #[test]
+    fn shared_weighted_values_are_each_querys_own() {
+        for d in [64, 16, 12] {
+            let (visible, kv_heads) = (37, 2);
+            let values = pseudo(visible * kv_heads * d, 9);
+            let kv = Cached { keys: &[], values: &values, row_len: kv_heads * d, at: d, len: d };
+            let weights: Vec<Vec<f32>> = (0..MAX_SHARED as u32).map(|q| pseudo(visible, 20 + q)).collect();
+            for queries in 1..=MAX_SHARED {
+                let slices: Vec<&[f32]> = weights[..queries].iter().map(Vec::as_slice).collect();
+                let mut shared = vec![0f32; queries * d];
+                weighted_values(&slices, &kv, &mut shared);
+                for (weights, got) in slices.iter().zip(shared.chunks_exact(d)) {
+                    let mut alone = vec![0f32; d];
+                    for (j, &w) in weights.iter().enumerate() {
+                        alone.iter_mut().zip(kv.value(j)).for_each(|(o, &v)| *o += w * v);
+                    }
+                    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(got), bits(&alone), "head_dim {d}, {queries} queries");
+                }
             }
         }
     }
