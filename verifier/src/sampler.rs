@@ -78,7 +78,8 @@ impl Sampler {
         }
 
         self.probabilities.clear();
-        self.probabilities.extend(self.order.iter().map(|&(x, _, _)| libm::exp((x - best) / params.temperature)));
+        self.probabilities.extend(self.order.iter().map(|&(x, _, _)| (x - best) / params.temperature));
+        crate::exp::exp_in_place(&mut self.probabilities);
         let total: f64 = self.probabilities.iter().sum();
         self.probabilities.iter_mut().for_each(|w| *w /= total);
 
