@@ -1,7 +1,8 @@
 //! `libm::exp`, four lanes at a time, bit for bit. Sampler v1 (DESIGN §4)
-//! takes one `exp` per candidate at every position, and in the replay check
-//! those calls were a quarter of the time spent outside signatures; the
-//! scalar function has branches no compiler vectorises.
+//! takes one `exp` per candidate at every position (in the replay check
+//! those calls were a quarter of the time spent outside signatures), and the
+//! model's SwiGLU one per hidden unit; the scalar function has branches no
+//! compiler vectorises.
 //!
 //! Each lane runs exactly libm 0.2's operations (FreeBSD's `e_exp.c`) in the
 //! same order, its branches turned into selects. A chunk with a lane at

@@ -9,7 +9,7 @@ pub mod attacks;
 pub mod bounds;
 mod dense_history;
 pub mod distance;
-mod exp;
+pub mod exp;
 pub mod full_check;
 pub mod miner_test;
 pub mod replay;
