@@ -165,19 +165,21 @@ fn attend_block(queries: &[(&[f32], usize)], kv: &Cached<'_>, scale: f32, scores
     let whole = common - common % 4;
     for j in (0..whole).step_by(4) {
         let keys = [kv.key(j), kv.key(j + 1), kv.key(j + 2), kv.key(j + 3)];
-        // Two queries at a time share each key load.
-        let (pairs, odd) = (queries.chunks_exact(2), queries.len() % 2);
-        for (pair, starts) in pairs.zip(starts.chunks_exact(2)) {
-            for (sums, &start) in dot4([pair[0].0, pair[1].0], keys).into_iter().zip(starts) {
-                for (i, s) in sums.into_iter().enumerate() {
-                    scores[start + j + i] = s * scale;
-                }
-            }
-        }
-        if odd == 1 {
-            let (last, start) = (queries.len() - 1, starts[queries.len() - 1]);
-            for (i, s) in dot4([queries[last].0], keys)[0].into_iter().enumerate() {
+        let mut store = |start: usize, sums: [f32; 4]| {
+            for (i, s) in sums.into_iter().enumerate() {
                 scores[start + j + i] = s * scale;
+            }
+        };
+        // Two queries at a time share each key load.
+        for (pair, starts) in queries.chunks(2).zip(starts.chunks(2)) {
+            match (pair, starts) {
+                (&[(a, _), (b, _)], &[at_a, at_b]) => {
+                    let [sums_a, sums_b] = dot4([a, b], keys);
+                    store(at_a, sums_a);
+                    store(at_b, sums_b);
+                }
+                (&[(a, _)], &[at]) => store(at, dot4([a], keys)[0]),
+                _ => unreachable!("chunks of at most two queries and their starts"),
             }
         }
     }
