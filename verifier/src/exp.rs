@@ -21,7 +21,7 @@ pub fn exp_in_place(xs: &mut [f64]) {
 }
 
 /// `libm::exp` of each of the four values.
-pub fn exp4(x: [f64; 4]) -> [f64; 4] {
+fn exp4(x: [f64; 4]) -> [f64; 4] {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     if let Some(y) = exp4_avx2(x) {
         return y;
