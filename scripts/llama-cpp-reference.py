@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """Writes verifier/model/tests/data/llama-cpp-reference.json from llama.cpp and the
 pinned GGUF: the tokenization of fixed texts (our tokenizer must match it) and
-a greedy continuation of a chat prompt (our forward pass must reproduce it).
+a greedy continuation of a chat prompt with llama.cpp's five most likely tokens
+and their log-probs at each step (our forward pass must come close to them:
+the two engines round differently, so the argmax itself may differ where the
+top two are close).
 
 Usage: pip install llama-cpp-python && scripts/llama-cpp-reference.py [GGUF]
 """
 import json, os, sys
+import numpy as np
 import llama_cpp
 
 model = sys.argv[1] if len(sys.argv) > 1 else os.path.expanduser(
@@ -24,7 +28,7 @@ texts = [
     "mixed123abc 456def ٣٤٥ arabic digits",
     "a" * 50 + " " + "ab" * 20,
 ]
-llm = llama_cpp.Llama(model_path=model, n_ctx=512, n_threads=2, verbose=False)
+llm = llama_cpp.Llama(model_path=model, n_ctx=512, n_threads=2, logits_all=True, verbose=False)
 cases = []
 for text in texts:
     for special in (True, False):
@@ -38,9 +42,16 @@ for token in llm.generate(prompt, temp=0.0, repeat_penalty=1.0, top_k=1):
     greedy.append(token)
     if len(greedy) == 32 or token == llm.token_eos():
         break
+top = []
+for step in range(len(greedy)):
+    logits = np.asarray(llm.scores[len(prompt) + step - 1], dtype=np.float64)
+    shifted = logits - logits.max()
+    log_probs = shifted - np.log(np.exp(shifted).sum())
+    best = np.argsort(-log_probs, kind="stable")[:5]
+    top.append([[int(t), round(float(log_probs[t]), 6)] for t in best])
 out = os.path.join(os.path.dirname(__file__), "..", "verifier", "model", "tests", "data", "llama-cpp-reference.json")
 with open(out, "w") as f:
     json.dump({"generator": f"llama-cpp-python {llama_cpp.__version__}", "cases": cases,
-               "greedy": {"prompt": prompt, "tokens": greedy}}, f, indent=1, ensure_ascii=False)
+               "greedy": {"prompt": prompt, "tokens": greedy, "top": top}}, f, indent=1, ensure_ascii=False)
     f.write("\n")
 print(f"wrote {len(cases)} tokenizer cases and {len(greedy)} greedy tokens to {out}")

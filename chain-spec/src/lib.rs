@@ -84,7 +84,7 @@ pub struct NumericsProfile {
 }
 
 impl NumericsProfile {
-    /// Id and version, as votes carry it: `gguf-native-cpu/v2`.
+    /// Id and version, as votes carry it: `gguf-native-cpu/v3`.
     pub fn label(&self) -> String {
         format!("{}/v{}", self.id, self.version)
     }

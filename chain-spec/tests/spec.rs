@@ -148,7 +148,7 @@ fn devnet_admits_miner_seeded_artifacts_and_knows_the_devnet_requester() {
     assert!(spec.is_requester(&devnet_requester().public()));
     assert!(!spec.is_requester(&devnet_keypair(0).public()), "a validator key is not a requester");
     assert!(spec.numerics.bit_exact);
-    assert_eq!(spec.numerics.label(), "gguf-native-cpu/v2");
+    assert_eq!(spec.numerics.label(), "gguf-native-cpu/v3");
 }
 
 #[test]

@@ -266,7 +266,7 @@ mod tests {
     impl FullChecker for Recorder {
         fn check(&self, artifact: &Artifact) -> (Verdict, VoteFigures) {
             self.0.lock().unwrap().send(artifact.id()).unwrap();
-            let (_, mut figures) = inconclusive("gguf-native-cpu/v2".into(), "");
+            let (_, mut figures) = inconclusive("gguf-native-cpu/v3".into(), "");
             figures.reason.clear();
             (Verdict::Accept, figures)
         }
@@ -383,7 +383,7 @@ mod tests {
 
     #[test]
     fn an_inconclusive_vote_says_why_within_the_vote_limit() {
-        let (verdict, figures) = inconclusive("gguf-native-cpu/v2".into(), &"é".repeat(400));
+        let (verdict, figures) = inconclusive("gguf-native-cpu/v3".into(), &"é".repeat(400));
         assert_eq!(verdict, Verdict::Inconclusive);
         assert!(figures.reason.len() <= poi_artifact::MAX_REASON_LEN && figures.reason.starts_with('é'));
         let id = poi_artifact::sha256(b"a");

@@ -93,7 +93,7 @@ fn honest_artifacts_are_exactly_what_the_model_gives() {
         assert!(report.accepted, "seed {seed}: {:?}", report.reason);
         assert!(report.mismatch.is_none() && report.positions.iter().all(|p| p.exact));
         assert_eq!(report.match_ratio, 1.0);
-        assert_eq!(report.profile_id, "gguf-native-cpu/v2");
+        assert_eq!(report.profile_id, "gguf-native-cpu/v3");
     }
 }
 

@@ -74,9 +74,11 @@ impl Fused {
 }
 
 /// The version of the numbers this build computes (`NumericsProfile::version`).
-/// 2: our own q8_0 kernel for the tied output head and SwiGLU with `libm`'s
-/// `expf` (1: candle's q8_0 `vec_dot` and candle's silu with std `expf`).
-pub const NUMERICS_VERSION: u32 = 2;
+/// 3: the KV cache holds half floats (rounded to nearest-even when cached),
+/// as llama.cpp's does. 2: f32 cache; our own q8_0 kernel for the tied output
+/// head and SwiGLU with `libm`'s `expf`. 1: candle's q8_0 `vec_dot` and
+/// candle's silu with std `expf`.
+pub const NUMERICS_VERSION: u32 = 3;
 
 /// A profile checked against this build and machine.
 #[derive(Clone, Debug)]

@@ -48,6 +48,8 @@ struct TokenizerCase {
 struct Greedy {
     prompt: Vec<u32>,
     tokens: Vec<u32>,
+    /// llama.cpp's five most likely tokens and their log-probs at each step.
+    top: Vec<Vec<(u32, f32)>>,
 }
 
 fn reference() -> Reference {
@@ -67,18 +69,50 @@ fn tokenizer_matches_llama_cpp() {
     assert!(cases.len() >= 20);
 }
 
+/// How far `model`'s log-probs are from llama.cpp's, teacher-forced on
+/// llama.cpp's greedy answer: the mean gap over llama.cpp's five most likely
+/// tokens at every step, or the first step where llama.cpp's greedy token is
+/// not among `model`'s two most likely.
+fn gap_to_llama_cpp(model: &poi_model::Llama, greedy: &Greedy) -> Result<f32, String> {
+    let (mut total, mut count, mut misranked) = (0f32, 0, None);
+    teacher_forced(model, &greedy.prompt, &greedy.tokens, |step, row| {
+        for &(token, theirs) in &greedy.top[step] {
+            total += (row[token as usize] - theirs).abs();
+            count += 1;
+        }
+        let pick = row[greedy.tokens[step] as usize];
+        let rank = 1 + row.iter().filter(|&&lp| lp > pick).count();
+        if rank > 2 && misranked.is_none() {
+            misranked = Some(format!("step {step}: llama.cpp's greedy token is our number {rank}"));
+        }
+    })
+    .unwrap();
+    misranked.map_or(Ok(total / count as f32), Err)
+}
+
+/// Our forward pass against llama.cpp's on the same GGUF. The two engines
+/// round differently (llama.cpp also rounds queries and attention weights to
+/// f16 and blocks its sums its own way), and through the q8 activations
+/// between layers that reaches tenths of a nat: at the first step llama.cpp's
+/// top two are 0.35 apart and ours rank them the other way, so the greedy
+/// answers differ from there. Measured (numerics v3): a mean gap of 0.14
+/// nats, 0.13 for `dequant-f32-cpu`; the cheaper `requant-q4_0-cpu` ranks
+/// llama.cpp's pick sixth at step 2, and a wrong forward pass (rotary, norm,
+/// template) is off by nats.
 #[test]
-fn chat_template_and_greedy_answer_match_llama_cpp() {
+fn chat_template_and_log_probs_match_llama_cpp() {
+    const MAX_MEAN_GAP: f32 = 0.25;
     let rt = runtime();
     let greedy = reference().greedy;
     let messages = [Message { role: "user".into(), content: "What is the capital of France?".into() }];
     assert_eq!(rt.chat_tokens(&messages).unwrap(), greedy.prompt);
+    assert_eq!(greedy.top.len(), greedy.tokens.len());
 
-    let mut params = ChainSpec::devnet().sampling;
-    (params.temperature, params.repetition_penalty) = (0.0, 1.0);
-    let stop = StopRules { max_tokens: greedy.tokens.len(), tokens: &[] };
-    let out = generate(&rt.model, &greedy.prompt, &params, 20, &stop, Draws::Seeded([0; 32]), |_| {}).unwrap();
-    assert_eq!(out.tokens, greedy.tokens, "{:?}", rt.tokenizer.decode(&out.tokens));
+    let gap = gap_to_llama_cpp(&rt.model, &greedy).unwrap();
+    assert!(gap <= MAX_MEAN_GAP, "log-probs {gap} nats from llama.cpp's on average");
+    let cheaper = pinned(Some("requant-q4_0-cpu"));
+    let cheaper_gap = gap_to_llama_cpp(&cheaper.model, &greedy);
+    assert!(!matches!(cheaper_gap, Ok(g) if g <= MAX_MEAN_GAP), "a cheaper model passes: {cheaper_gap:?}");
 }
 
 fn mine(rt: &Runtime, spec: &ChainSpec, content: &str, seed: u64, max_tokens: usize) -> Artifact {
@@ -225,9 +259,9 @@ fn rows_digest(model: &poi_model::Llama, prompt: &[u32], generated: &[u32]) -> S
 /// with a new digest.
 #[test]
 fn pinned_profile_numbers_do_not_drift() {
-    const DIGEST: &str = "3f26ab2632465d65113ebf08ea90300e0854f8a14847888b24676e5e75844b10";
+    const DIGEST: &str = "91725b576cb6490e005bfb512d9aa6012d3c9c42da6b06fb767d5760e7434625";
     let model = &runtime().model;
-    assert_eq!(poi_model::NUMERICS_VERSION, 2, "a new version of the numbers needs a new digest here");
+    assert_eq!(poi_model::NUMERICS_VERSION, 3, "a new version of the numbers needs a new digest here");
     let prompt = reference().greedy.prompt;
     let generated: Vec<u32> = (0..600u32).map(|i| (i * 7919) % 49000 + 17).collect();
     for threads in [1, 3] {

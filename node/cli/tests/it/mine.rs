@@ -92,7 +92,7 @@ fn a_node_refuses_another_numerics_profile() {
     let out = poi(&["node", "--profile", "dequant-f32-cpu"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("--profile \"dequant-f32-cpu\" refused"), "{}", text(&out));
-    assert!(text(&out).contains("gguf-native-cpu/v2"), "{}", text(&out));
+    assert!(text(&out).contains("gguf-native-cpu/v3"), "{}", text(&out));
 }
 
 /// The devnet's validator keys are public: a node that ran its spec by
